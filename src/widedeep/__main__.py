@@ -1,0 +1,3 @@
+from widedeep.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,381 @@
+"""One TOML file declares data, features, crosses, model and training; this module loads and validates it.
+
+Every error names the file and the key (``[features.age] quantiles``) so a user can fix the config at once.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+FeatureType = Literal["categorical", "hashed", "continuous"]
+ModelType = Literal["wide", "deep", "wide_deep"]
+
+
+class ConfigError(ValueError):
+    """A config file is malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: tuple[str, ...]  # files, globs or directories (resolved against the config file's folder)
+    label: str
+    eval: tuple[str, ...] = ()
+    prepared: str = ""  # where encoded shards and features.json go; default "<train.out>/prepared"
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    name: str
+    type: FeatureType
+    column: str = ""  # source column; defaults to the feature name
+    min_count: int = 1  # categorical: values seen fewer times are out of vocabulary
+    max_size: int = 0  # categorical: keep at most this many values (0 = no limit)
+    multi_valued: bool = False  # categorical/hashed: a list<string> column, or a delimited string in CSV
+    delimiter: str = "|"
+    buckets: int = 0  # hashed: number of hash buckets
+    quantiles: int = 100  # continuous: the paper's n_q
+    embedding_dim: int = 0  # 0 = model.embedding_dim
+    pooling: Literal["mean", "sum"] = "mean"  # multi-valued pooling in the deep part
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
+@dataclass(frozen=True)
+class CrossSpec:
+    name: str
+    columns: tuple[str, ...]  # feature names; k-way cross-product, hashed into `buckets`
+    buckets: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    type: ModelType = "wide_deep"
+    wide: tuple[str, ...] = ()  # feature and cross names
+    deep: tuple[str, ...] = ()  # feature names
+    embedding_dim: int = 32
+    hidden: tuple[int, ...] = (1024, 512, 256)
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: Literal["ftrl", "adagrad", "adam", "sgd"]
+    params: tuple[tuple[str, float], ...] = ()  # hyper-parameters, e.g. (("alpha", 0.05), ("l1", 1.0))
+
+    def kwargs(self) -> dict[str, float]:
+        return dict(self.params)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 1024
+    epochs: int = 1
+    out: str = "runs/default"
+    seed: int = 0
+    wide_optimizer: OptimizerConfig = OptimizerConfig("ftrl")
+    deep_optimizer: OptimizerConfig = OptimizerConfig("adagrad")
+    eval_every: int = 0  # steps; 0 = once per epoch
+    checkpoint_every: int = 0  # steps; 0 = only at the end of each epoch
+    early_stopping: int = 0  # patience in evaluations without eval-AUC gain; 0 = off
+    bf16: Literal["auto", "on", "off"] = "auto"
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig
+    features: tuple[FeatureSpec, ...]
+    crosses: tuple[CrossSpec, ...]
+    model: ModelConfig
+    train: TrainConfig
+    path: Path = field(default=Path("config.toml"), compare=False)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the TOML as read, for artifacts
+
+    @property
+    def root(self) -> Path:
+        """Folder that relative paths in the config are resolved against."""
+        return self.path.parent
+
+    def resolve(self, p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else self.root / q
+
+    @property
+    def out_dir(self) -> Path:
+        return self.resolve(self.train.out)
+
+    @property
+    def prepared_dir(self) -> Path:
+        return self.resolve(self.data.prepared) if self.data.prepared else self.out_dir / "prepared"
+
+    def feature(self, name: str) -> FeatureSpec:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def cross(self, name: str) -> CrossSpec:
+        for c in self.crosses:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading
+
+_OPTIMIZER_PARAMS = {
+    "ftrl": {"alpha", "beta", "l1", "l2"},
+    "adagrad": {"lr", "eps", "initial_accumulator_value", "weight_decay"},
+    "adam": {"lr", "beta1", "beta2", "eps", "weight_decay"},
+    "sgd": {"lr", "momentum", "weight_decay"},
+}
+
+
+_FEATURE_KEYS = {
+    "continuous": ("type", "column", "embedding_dim", "quantiles"),
+    "categorical": ("type", "column", "embedding_dim", "multi_valued", "delimiter", "pooling", "min_count", "max_size"),
+    "hashed": ("type", "column", "embedding_dim", "multi_valued", "delimiter", "pooling", "buckets"),
+}
+
+
+class _Reader:
+    """Pulls typed values out of one TOML table and rejects keys nobody asked for."""
+
+    def __init__(self, table: Any, where: str, file: Path):
+        self.where, self.file = where, file
+        if not isinstance(table, dict):
+            self.fail(f"must be a table, got {type(table).__name__}")
+        self.table, self.used = table, set()
+
+    def fail(self, msg: str, key: str | None = None) -> None:
+        at = f"{self.where} {key}" if key else self.where
+        raise ConfigError(f"{self.file}: {at}: {msg}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., choices: tuple = ()) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            if default is ...:
+                self.fail("is required", key)
+            return default
+        value = self.table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # TOML booleans are ints in Python; never accept one for the other.
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            ok, value = True, float(value)
+        if not ok:
+            names = " or ".join(k.__name__ for k in kinds)
+            self.fail(f"must be {names}, got {value!r}", key)
+        if choices and value not in choices:
+            self.fail(f"must be one of {list(choices)}, got {value!r}", key)
+        return value
+
+    def positive(self, key: str, default: Any = ...) -> int:
+        v = self.get(key, int, default)
+        if v is not None and v < 1:
+            self.fail(f"must be >= 1, got {v}", key)
+        return v
+
+    def strings(self, key: str, default: Any = ...) -> tuple[str, ...]:
+        v = self.get(key, (list, str), default)
+        items = [v] if isinstance(v, str) else list(v)
+        for item in items:
+            if not isinstance(item, str):
+                self.fail(f"must be a list of strings, got item {item!r}", key)
+        return tuple(items)
+
+    def done(self) -> None:
+        extra = sorted(set(self.table) - self.used)
+        if extra:
+            self.fail(f"unknown key {extra[0]!r} (expected one of {sorted(self.used)})")
+
+
+def _optimizer(value: Any, where: str, file: Path) -> OptimizerConfig:
+    r = _Reader(value, where, file)
+    name = r.get("name", str, choices=tuple(_OPTIMIZER_PARAMS))
+    params = []
+    for key in sorted(_OPTIMIZER_PARAMS[name]):
+        if key in r.table:
+            v = r.get(key, float)
+            if key != "weight_decay" and key not in ("l1", "l2", "momentum", "initial_accumulator_value") and v <= 0:
+                r.fail(f"must be > 0, got {v}", key)
+            if v < 0:
+                r.fail(f"must be >= 0, got {v}", key)
+            params.append((key, v))
+    r.done()
+    return OptimizerConfig(name, tuple(params))
+
+
+def _feature(name: str, table: Any, file: Path) -> FeatureSpec:
+    r = _Reader(table, f"[features.{name}]", file)
+    kind = r.get("type", str, choices=("categorical", "hashed", "continuous"))
+    spec = FeatureSpec(
+        name=name,
+        type=kind,
+        column=r.get("column", str, ""),
+        embedding_dim=r.get("embedding_dim", int, 0),
+    )
+    if spec.embedding_dim < 0:
+        r.fail(f"must be >= 0, got {spec.embedding_dim}", "embedding_dim")
+    if kind == "continuous":
+        q = r.get("quantiles", int, 100)
+        if q < 2:
+            r.fail(f"must be >= 2, got {q}", "quantiles")
+        spec = _replace(spec, quantiles=q)
+    else:
+        multi = r.get("multi_valued", bool, False)
+        spec = _replace(
+            spec,
+            multi_valued=multi,
+            delimiter=r.get("delimiter", str, "|"),
+            pooling=r.get("pooling", str, "mean", choices=("mean", "sum")),
+        )
+        if not spec.delimiter:
+            r.fail("must not be empty", "delimiter")
+        if kind == "categorical":
+            spec = _replace(spec, min_count=r.positive("min_count", 1), max_size=r.get("max_size", int, 0))
+        else:
+            spec = _replace(spec, buckets=r.positive("buckets"))
+    r.done()
+    return spec
+
+
+def _replace(spec: Any, **changes: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(spec, **changes)
+
+
+def _cross(name: str, table: Any, file: Path, features: dict[str, FeatureSpec]) -> CrossSpec:
+    r = _Reader(table, f"[crosses.{name}]", file)
+    columns = r.strings("columns")
+    if len(columns) < 2:
+        r.fail(f"needs at least 2 features, got {list(columns)}", "columns")
+    for c in columns:
+        if c not in features:
+            r.fail(f"unknown feature {c!r} (declared: {sorted(features)})", "columns")
+    if len(set(columns)) != len(columns):
+        r.fail(f"names a feature twice: {list(columns)}", "columns")
+    spec = CrossSpec(name, columns, r.positive("buckets"))
+    r.done()
+    return spec
+
+
+def from_dict(raw: dict[str, Any], path: Path | str = Path("config.toml")) -> Config:
+    """Validate a parsed TOML document; `path` is used for messages and to resolve relative paths."""
+    file = Path(path)
+    top = _Reader(raw, "top level", file)
+    for section in raw:
+        if section not in ("data", "features", "crosses", "model", "train"):
+            top.fail(f"unknown section [{section}] (expected data, features, crosses, model, train)")
+
+    d = _Reader(top.get("data", dict), "[data]", file)
+    data = DataConfig(
+        train=d.strings("train"),
+        label=d.get("label", str),
+        eval=d.strings("eval", ()),
+        prepared=d.get("prepared", str, ""),
+    )
+    if not data.train:
+        d.fail("must name at least one file", "train")
+    d.done()
+
+    feature_tables = top.get("features", dict)
+    if not feature_tables:
+        top.fail("[features] must declare at least one feature")
+    features = {n: _feature(n, t, file) for n, t in feature_tables.items()}
+    for f in features.values():
+        if f.source == data.label:
+            top.fail(f"[features.{f.name}] reads the label column {data.label!r}; the label cannot be a feature")
+    crosses = {n: _cross(n, t, file, features) for n, t in top.get("crosses", dict, {}).items()}
+    clash = set(features) & set(crosses)
+    if clash:
+        top.fail(f"[crosses.{sorted(clash)[0]}] has the same name as a feature")
+
+    m = _Reader(top.get("model", dict), "[model]", file)
+    model = ModelConfig(
+        type=m.get("type", str, "wide_deep", choices=("wide", "deep", "wide_deep")),
+        wide=m.strings("wide", ()),
+        deep=m.strings("deep", ()),
+        embedding_dim=m.positive("embedding_dim", 32),
+        hidden=tuple(m.get("hidden", list, [1024, 512, 256])),
+        dropout=m.get("dropout", float, 0.0),
+    )
+    for h in model.hidden:
+        if not isinstance(h, int) or isinstance(h, bool) or h < 1:
+            m.fail(f"must be a list of positive integers, got item {h!r}", "hidden")
+    if not 0.0 <= model.dropout < 1.0:
+        m.fail(f"must be in [0, 1), got {model.dropout}", "dropout")
+    for name in model.wide:
+        if name not in features and name not in crosses:
+            m.fail(f"unknown feature or cross {name!r} (declared: {sorted(features) + sorted(crosses)})", "wide")
+    for name in model.deep:
+        if name not in features:
+            m.fail(f"unknown feature {name!r} (declared: {sorted(features)})", "deep")
+    if model.type in ("wide", "wide_deep") and not model.wide:
+        m.fail(f"type {model.type!r} needs a non-empty list", "wide")
+    if model.type in ("deep", "wide_deep") and not model.deep:
+        m.fail(f"type {model.type!r} needs a non-empty list", "deep")
+    m.done()
+
+    t = _Reader(top.get("train", dict, {}), "[train]", file)
+    train = TrainConfig(
+        batch_size=t.positive("batch_size", 1024),
+        epochs=t.positive("epochs", 1),
+        out=t.get("out", str, "runs/default"),
+        seed=t.get("seed", int, 0),
+        wide_optimizer=_optimizer(t.get("wide_optimizer", dict, {"name": "ftrl"}), "[train] wide_optimizer", file),
+        deep_optimizer=_optimizer(t.get("deep_optimizer", dict, {"name": "adagrad"}), "[train] deep_optimizer", file),
+        eval_every=t.get("eval_every", int, 0),
+        checkpoint_every=t.get("checkpoint_every", int, 0),
+        early_stopping=t.get("early_stopping", int, 0),
+        bf16=t.get("bf16", str, "auto", choices=("auto", "on", "off")),
+        device=t.get("device", str, "auto"),
+    )
+    for key in ("eval_every", "checkpoint_every", "early_stopping"):
+        if getattr(train, key) < 0:
+            t.fail(f"must be >= 0, got {getattr(train, key)}", key)
+    t.done()
+    top.done()
+    return Config(data, tuple(features.values()), tuple(crosses.values()), model, train, file, raw)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a TOML config file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{file}: cannot read config: {e.strerror or e}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{file}: invalid TOML: {e}") from None
+    return from_dict(raw, file.resolve())
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The validated config as plain JSON-able data (stored in artifacts; `from_dict` reads it back)."""
+
+    def plain(obj: Any) -> Any:
+        if isinstance(obj, OptimizerConfig):
+            return {"name": obj.name, **obj.kwargs()}
+        if hasattr(obj, "__dataclass_fields__"):
+            return {f.name: plain(getattr(obj, f.name)) for f in fields(obj)}
+        if isinstance(obj, tuple):
+            return [plain(x) for x in obj]
+        return obj
+
+    features = {}
+    for f in cfg.features:
+        d = plain(f)
+        features[f.name] = {k: d[k] for k in _FEATURE_KEYS[f.type]}
+    crosses = {c.name: {"columns": list(c.columns), "buckets": c.buckets} for c in cfg.crosses}
+    data = plain(cfg.data)
+    return {"data": data, "features": features, "crosses": crosses, "model": plain(cfg.model), "train": plain(cfg.train)}
