@@ -1,0 +1,133 @@
+"""`widedeep compare`: the paper's Table 1 on your data — wide-only, deep-only and wide & deep trained on the same shards."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from widedeep.config import Config
+
+MODEL_TYPES = ("wide", "deep", "wide_deep")
+LABELS = {"wide": "wide only", "deep": "deep only", "wide_deep": "wide & deep"}
+# Cheng et al. 2016, Table 1 (Google Play): offline AUC and online acquisition gain against the wide-only control.
+PAPER = {
+    "wide": {"offline_auc": 0.726, "online_gain": "0%"},
+    "deep": {"offline_auc": 0.722, "online_gain": "+2.9%"},
+    "wide_deep": {"offline_auc": 0.728, "online_gain": "+3.9%"},
+}
+
+
+def compare(cfg: Config, device: str = "auto", progress: bool = False) -> dict[str, Any]:
+    """Prepare once, train the three model types into `<out>/<type>`, print the table, write compare.json and compare.md."""
+    from widedeep.features.prepare import prepare
+    from widedeep.train.loop import train
+
+    if not cfg.model.wide or not cfg.model.deep:
+        raise ValueError(
+            f"{cfg.path}: compare needs both [model] wide and deep feature lists "
+            f"(wide={list(cfg.model.wide)}, deep={list(cfg.model.deep)})"
+        )
+    out = cfg.out_dir
+    # Every sub-run reads the same prepared shards, wherever its own train.out points.
+    shared = replace(cfg, data=replace(cfg.data, prepared=str(cfg.prepared_dir.resolve())))
+    prepare(shared)
+
+    rows: dict[str, dict[str, Any]] = {}
+    for kind in MODEL_TYPES:
+        sub = replace(
+            shared,
+            model=replace(shared.model, type=kind),
+            train=replace(shared.train, out=str((out / kind).resolve())),
+        )
+        start = time.perf_counter()
+        model_dir = train(sub, device=device, progress=progress)
+        seconds = time.perf_counter() - start
+        rows[kind] = {**eval_metrics(model_dir, sub), "train_seconds": round(seconds, 3), "model_dir": str(model_dir)}
+
+    result = {"config": str(cfg.path), "models": rows, "paper": PAPER, "winner": winner(rows)}
+    table = markdown_table(rows)
+    print(table)
+    _write_atomic(out / "compare.json", json.dumps(_json_safe(result), indent=2) + "\n")
+    _write_atomic(out / "compare.md", "# Wide vs deep vs wide & deep\n\n" + table + "\n")
+    return result
+
+
+def eval_metrics(model_dir: Path, cfg: Config) -> dict[str, float]:
+    """Eval-set AUC/logloss of a trained model: from its model.json when training recorded them, else by scoring eval data."""
+    meta = json.loads((Path(model_dir) / "model.json").read_text(encoding="utf-8"))
+    found = _find_eval(meta.get("metrics") or {})
+    if found is not None:
+        return found
+    if not cfg.data.eval:
+        raise ValueError(f"{cfg.path}: [data] eval is empty; compare needs eval data to report AUC")
+    from widedeep.artifact import Model
+
+    model = Model.load(model_dir)
+    m = model.evaluate(str(cfg.resolve(cfg.data.eval[0]))) if len(cfg.data.eval) == 1 else _evaluate_all(model, cfg)
+    return {k: m[k] for k in ("auc", "logloss", "calibration")}
+
+
+def _evaluate_all(model: Any, cfg: Config) -> dict[str, float]:
+    import pyarrow as pa
+
+    from widedeep.features.io import read_table, resolve_paths
+
+    paths = resolve_paths([str(cfg.resolve(p)) for p in cfg.data.eval])
+    return model.evaluate(pa.concat_tables([read_table(p) for p in paths]))
+
+
+def _find_eval(metrics: dict[str, Any]) -> dict[str, float] | None:
+    """Accept {"eval": {"auc": ...}} or flat {"eval_auc": ...} as written by the training loop."""
+    nested = metrics.get("eval")
+    if isinstance(nested, dict) and "auc" in nested and "logloss" in nested:
+        return {k: nested[k] for k in ("auc", "logloss", "calibration") if k in nested}
+    if "eval_auc" in metrics and "eval_logloss" in metrics:
+        return {k: metrics[f"eval_{k}"] for k in ("auc", "logloss", "calibration") if f"eval_{k}" in metrics}
+    return None
+
+
+def winner(rows: dict[str, dict[str, Any]]) -> str | None:
+    """The model type with the highest eval AUC (None when no AUC is defined)."""
+    scored = {k: r["auc"] for k, r in rows.items() if isinstance(r.get("auc"), float) and math.isfinite(r["auc"])}
+    return max(scored, key=scored.get) if scored else None
+
+
+def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
+    """Our eval AUC, logloss and train time beside the paper's offline AUC and online gain."""
+    lines = [
+        "| model | eval AUC | eval logloss | train time (s) | paper offline AUC | paper online gain |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for kind in MODEL_TYPES:
+        if kind not in rows:
+            continue
+        r, p = rows[kind], PAPER[kind]
+        lines.append(
+            f"| {LABELS[kind]} | {_fmt(r.get('auc'), 4)} | {_fmt(r.get('logloss'), 4)} | {_fmt(r.get('train_seconds'), 1)} "
+            f"| {p['offline_auc']:.3f} | {p['online_gain']} |"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(x: Any, digits: int) -> str:
+    return f"{x:.{digits}f}" if isinstance(x, (int, float)) and math.isfinite(x) else "n/a"
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
