@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from widedeep.model.tables import OffsetTable
 from widedeep.train import distributed as wd_dist
 
 
@@ -25,11 +26,14 @@ class Toy(nn.Module):
         self.wide = nn.EmbeddingBag(50, 1, mode="sum", sparse=True, padding_idx=0)
         self.emb = nn.Embedding(20, 4)
         self.sparse_emb = nn.Embedding(20, 4, sparse=True)
-        self.mlp = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+        self.table = OffsetTable([10, 12], 2)
+        self.mlp = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 1))
         self.bias = nn.Parameter(torch.zeros(1))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        deep = torch.cat([self.emb(ids[:, 0] % 20), self.sparse_emb(ids[:, 1] % 20)], 1)  # (B, 8)
+        rows = self.table.global_rows(ids[:, :2] % 10, torch.tensor(self.table.offsets))  # (B, 2)
+        pooled = self.table(rows).sum(1)  # (B, 2)
+        deep = torch.cat([self.emb(ids[:, 0] % 20), self.sparse_emb(ids[:, 1] % 20), pooled], 1)  # (B, 10)
         return self.wide(ids).squeeze(1) + self.mlp(deep).squeeze(1) + self.bias  # (B,)
 
 
@@ -121,7 +125,7 @@ def test_single_process_is_a_no_op() -> None:
     d = wd_dist.Dist()
     model = Toy()
     assert wd_dist.wrap_model(model, d) is model
-    assert wd_dist.sparse_parameter_names(model) == ["wide.weight", "sparse_emb.weight"]
+    assert wd_dist.sparse_parameter_names(model) == ["wide.weight", "sparse_emb.weight", "table.weight"]
     labels, probs = wd_dist.gather_eval(np.array([1, 0]), np.array([0.3, 0.2]), d)
     assert labels.tolist() == [1, 0] and probs.tolist() == [0.3, 0.2]
     with pytest.raises(ValueError, match="cuda:x|device must be"):

@@ -26,6 +26,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from widedeep.model.tables import OffsetTable
+
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
@@ -124,10 +126,11 @@ def row_range(n: int, rank: int, world: int, equal: bool = True) -> tuple[int, i
 
 
 def sparse_parameter_names(model: nn.Module) -> list[str]:
-    """Names of the parameters that receive sparse gradients (`nn.Embedding` / `nn.EmbeddingBag` with `sparse=True`)."""
+    """Names of the parameters that receive sparse gradients: the model's `OffsetTable`s (wide and deep embedding tables)
+    and any `nn.Embedding` / `nn.EmbeddingBag` with `sparse=True`."""
     names = []
     for mod_name, mod in model.named_modules():
-        if isinstance(mod, (nn.Embedding, nn.EmbeddingBag)) and mod.sparse:
+        if isinstance(mod, OffsetTable) or (isinstance(mod, (nn.Embedding, nn.EmbeddingBag)) and mod.sparse):
             names += [f"{mod_name}.{p}" if mod_name else p for p, _ in mod.named_parameters(recurse=False)]
     return names
 
