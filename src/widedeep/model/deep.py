@@ -1,0 +1,98 @@
+"""The deep part: embeddings of sparse features, pooled where multi-valued, concatenated with dense values, fed to a ReLU MLP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from widedeep.model.tables import OffsetTable
+
+
+@dataclass(frozen=True)
+class EmbeddingSlot:
+    """One sparse input of the deep part: column `index` of ids (source "id") or list number `index` (source "list")."""
+
+    name: str
+    source: Literal["id", "list"]
+    index: int
+    cardinality: int
+    dim: int
+    pooling: Literal["mean", "sum"] = "mean"
+
+
+class MLP(nn.Module):
+    """Linear+ReLU(+Dropout) layers of widths `hidden`, then one logit (no bias: the joint bias lives in WideDeep)."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [nn.Linear(in_dim, width), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            in_dim = width
+        layers.append(nn.Linear(in_dim, 1, bias=False))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x).squeeze(-1)  # (B, 1) -> (B,)
+
+
+class Deep(nn.Module):
+    """Embeddings (one fused table per embedding dim) + dense columns -> MLP -> logit (B,)."""
+
+    def __init__(self, slots: Sequence[EmbeddingSlot], dense_columns: Sequence[int], hidden: Sequence[int], dropout: float = 0.0):
+        super().__init__()
+        if not slots and not dense_columns:
+            raise ValueError("Deep needs at least one embedding slot or dense column")
+        self.slots = tuple(slots)
+        dims = list(dict.fromkeys(s.dim for s in self.slots))  # first-appearance order, deterministic
+        self.tables = nn.ModuleDict()
+        self._scalar: list[str] = []  # keys of the tables that hold single-valued slots
+        self._lists: list[tuple[str, int, int, bool]] = []  # (table key, list index, row offset, mean pooling)
+        in_dim = 0
+        for dim in dims:
+            key = f"d{dim}"
+            members = [s for s in self.slots if s.dim == dim]
+            scalars = [s for s in members if s.source == "id"]
+            lists = [s for s in members if s.source == "list"]
+            table = OffsetTable([s.cardinality for s in scalars + lists], dim)
+            self.tables[key] = table
+            if scalars:
+                self.register_buffer(f"{key}_columns", torch.tensor([s.index for s in scalars], dtype=torch.long), persistent=False)
+                self.register_buffer(f"{key}_offsets", torch.tensor(table.offsets[: len(scalars)], dtype=torch.long), persistent=False)
+                self._scalar.append(key)
+            for s, off in zip(lists, table.offsets[len(scalars) :]):
+                self._lists.append((key, s.index, off, s.pooling == "mean"))
+            in_dim += dim * len(members)
+        dense_columns = [int(c) for c in dense_columns]
+        self.register_buffer("dense_columns", torch.tensor(dense_columns, dtype=torch.long), persistent=False)
+        self.n_dense = len(dense_columns)
+        self.in_dim = in_dim + self.n_dense
+        self.mlp = MLP(self.in_dim, hidden, dropout)
+
+    def forward(self, ids: torch.Tensor, dense: torch.Tensor, lists: Sequence[torch.Tensor]) -> torch.Tensor:
+        """ids (B, S) int64, dense (B, C) float32, lists: (B, L_j) int64 0-padded -> deep logit (B,)."""
+        B = ids.shape[0]
+        parts = []
+        for key in self._scalar:
+            table = self.tables[key]
+            cols, offs = getattr(self, f"{key}_columns"), getattr(self, f"{key}_offsets")
+            rows = table.global_rows(ids.index_select(1, cols), offs)  # (B, S_d)
+            parts.append(table(rows).reshape(B, -1))  # (B, S_d * D)
+        for key, index, off, mean in self._lists:
+            table = self.tables[key]
+            values = lists[index]  # (B, L)
+            pooled = table(table.global_rows(values, off)).sum(dim=1)  # (B, D); padding row 0 is zero
+            if mean:
+                count = (values > 0).sum(dim=1, keepdim=True).clamp_min(1)  # an empty list pools to zeros
+                pooled = pooled / count.to(pooled.dtype)
+            parts.append(pooled)
+        if self.n_dense:
+            parts.append(dense.index_select(1, self.dense_columns).to(parts[0].dtype if parts else dense.dtype))
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (B, in_dim)
+        return self.mlp(x)
