@@ -18,6 +18,13 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from widedeep.train.distributed import env_world, launch_local
+
+    if args.nproc > 1 and env_world() == 1:  # re-run this command in N processes under torchrun
+        argv = ["train", str(args.config), "--device", args.device]
+        argv += ["--resume"] if args.resume else []
+        argv += ["--warm-start", str(args.warm_start)] if args.warm_start else []
+        return launch_local(args.nproc, argv)
     from widedeep.train.loop import train
 
     train(load(args.config), resume=args.resume, warm_start=args.warm_start, device=args.device)
@@ -67,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.out")
     s.add_argument("--warm-start", type=Path, default=None, metavar="PREV_MODEL", help="start from a previous model's weights")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    s.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (runs torchrun --standalone)")
     s.set_defaults(func=_train)
 
     s = sub.add_parser("evaluate", help="print AUC, logloss and calibration of MODEL on DATA as JSON")
