@@ -14,6 +14,8 @@ import pytest
 import torch
 from torch import nn
 
+from widedeep.batch import Batch
+from widedeep.features.encoded import Encoded
 from widedeep.model.tables import OffsetTable
 from widedeep.train import distributed as wd_dist
 
@@ -119,6 +121,32 @@ def test_row_range_gives_equal_disjoint_parts_or_a_full_cover() -> None:
     assert all(a[1] == b[0] for a, b in zip(cover, cover[1:]))
     with pytest.raises(ValueError, match="rank 4"):
         wd_dist.row_range(10, 4, 4)
+
+
+def test_rank_parts_of_shards_cover_every_row_once_in_order() -> None:
+    rng = np.random.default_rng(0)
+
+    def shard(n: int, first: int) -> Encoded:
+        lengths = rng.integers(0, 4, n)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        values = np.arange(offsets[-1], dtype=np.int32) + 1000 * first
+        ids = np.arange(first, first + n, dtype=np.int32)[:, None]
+        return Encoded(ids, np.zeros((n, 1), np.float32), {"l": (values, offsets)}, np.ones(n, np.uint8))
+
+    shards = [shard(7, 0), shard(0, 7), shard(5, 7), shard(9, 12)]
+    whole = Batch.from_encoded(Encoded(*_concat(shards)))
+    parts = [wd_dist.rank_part(shards, wd_dist.Dist(rank=r, world=3)) for r in range(3)]
+    assert [sum(len(p) for p in part) for part in parts] == [7, 7, 7]
+    joined = Batch.from_encoded(Encoded(*_concat([p for part in parts for p in part])))
+    assert torch.equal(joined.ids, whole.ids) and torch.equal(joined.lists["l"], whole.lists["l"])
+
+
+def _concat(shards: list[Encoded]) -> tuple:
+    ids = np.concatenate([s.ids for s in shards])
+    values = np.concatenate([s.lists["l"][0] for s in shards])
+    lengths = np.concatenate([np.diff(s.lists["l"][1]) for s in shards])
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return ids, np.concatenate([s.dense for s in shards]), {"l": (values, offsets)}, np.concatenate([s.label for s in shards])
 
 
 def test_single_process_is_a_no_op() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -26,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from widedeep.features.encoded import Encoded
 from widedeep.model.tables import OffsetTable
 
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -121,6 +123,26 @@ def row_range(n: int, rank: int, world: int, equal: bool = True) -> tuple[int, i
     return rank * n // world, (rank + 1) * n // world
 
 
+def rank_part(shards: Sequence[Encoded], d: Dist) -> list[Encoded]:
+    """This rank's contiguous part of the rows of `shards` (all parts together cover every row once): for evaluation.
+
+    The parts are views of the memory-mapped shards (only ragged offsets are rebased, a copy of one int64 per row)."""
+    if not d.enabled:
+        return list(shards)
+    sizes = np.array([len(s) for s in shards], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    lo, hi = row_range(int(starts[-1]), d.rank, d.world, equal=False)
+    out = []
+    for s, a0 in zip(shards, starts[:-1]):
+        a, b = max(lo - a0, 0), min(hi - a0, len(s))
+        if a >= b:
+            continue
+        lists = {name: (v[o[a] : o[b]], np.asarray(o[a : b + 1]) - o[a]) for name, (v, o) in s.lists.items()}
+        label = None if s.label is None else s.label[a:b]
+        out.append(Encoded(ids=s.ids[a:b], dense=s.dense[a:b], lists=lists, label=label))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Gradient synchronization
 
@@ -154,9 +176,7 @@ def wrap_model(model: nn.Module, d: Dist, find_unused_parameters: bool = False) 
         return model  # only sparse tables: sync_sparse_grads does all the work
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, sorted(sparse))
     ids = [d.device.index] if d.device.type == "cuda" else None
-    return DistributedDataParallel(
-        model, device_ids=ids, find_unused_parameters=find_unused_parameters, gradient_as_bucket_view=True
-    )
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
