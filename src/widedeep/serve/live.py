@@ -1,0 +1,77 @@
+"""The Scorer a server is using, behind one reference; in registry mode a thread swaps in each newly promoted model.
+
+A request reads `live.scorer` once and keeps that object to the end, so a swap never touches a request in flight: it
+finishes on the old model while the next request gets the new one. A model that fails to load is logged and skipped;
+the server keeps serving the previous one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Callable
+
+from widedeep.serve.scorer import Scorer
+
+log = logging.getLogger("widedeep.serve")
+
+
+class LiveScorer:
+    """Holds the current Scorer for `source` (a model directory or a registry) and reloads on promotion."""
+
+    def __init__(self, source: Path | str, load: Callable[[Path], Scorer], poll_s: float = 0.5):
+        from widedeep.serve.registry import Registry, is_registry
+
+        self.source = Path(source)
+        self._load = load
+        self.poll_s = poll_s
+        self.registry = Registry(self.source) if is_registry(self.source) else None
+        self.registry_version: str | None = self.registry.current_version() if self.registry else None
+        self.scorer: Scorer = load(self.registry.current() if self.registry else self.source)
+        self.reloads = 0
+        self.reload_failures = 0
+        self._failed: str | None = None  # a version that failed to load is not retried until CURRENT moves again
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start watching the registry (no-op for a plain model directory)."""
+        if self.registry is None or self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="widedeep-reload", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def check(self) -> bool:
+        """Load and swap in the registry's current model if it changed; True if a new model is now served."""
+        if self.registry is None:
+            return False
+        try:
+            version = self.registry.current_version()
+        except (OSError, ValueError) as e:  # a registry being written; try again next poll
+            log.warning("cannot read registry %s: %s", self.source, e)
+            return False
+        if version == self.registry_version or version == self._failed:
+            return False
+        try:
+            scorer = self._load(self.registry.current())
+        except Exception:
+            log.exception("hot reload of %s version %s failed; still serving %s", self.source, version, self.registry_version)
+            self._failed = version
+            self.reload_failures += 1
+            return False
+        self.scorer, self.registry_version = scorer, version  # one reference swap; in-flight requests hold the old one
+        self.reloads += 1
+        log.info("now serving %s version %s (model %s)", self.source, version, scorer.version)
+        return True
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.check()

@@ -1,0 +1,171 @@
+"""The networks a Scorer can run: the torch WideDeep module (with a once-per-request context half) or an ONNX export.
+
+Both take plain arrays `(ids, dense, lists)` in FeatureSet slot order and return logits, so the Scorer never touches the
+model's internals. The torch network also splits the first MLP layer by input column, W [u; i] = W_u u + W_i i: the context
+half W_u u + b is computed once per request and broadcast over the candidates.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from widedeep.model.deep import Deep
+from widedeep.model.wide_deep import WideDeep
+
+
+class Network(Protocol):
+    """Logits (B,) float32 for one (sub-)batch of encoded rows."""
+
+    def __call__(self, ids: np.ndarray, dense: np.ndarray, lists: Sequence[np.ndarray]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class DeepColumns:
+    """Which columns of the deep input vector each deep feature fills (continuous features fill two: value and null flag)."""
+
+    names: tuple[str, ...]  # deep feature name per column block
+    starts: tuple[int, ...]
+    ends: tuple[int, ...]
+
+    def columns(self, features: frozenset[str]) -> np.ndarray:
+        cols = [np.arange(s, e) for n, s, e in zip(self.names, self.starts, self.ends) if n in features]
+        return np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
+
+
+def deep_columns(deep: Deep, dense_names: Sequence[str]) -> DeepColumns:
+    """The deep input layout, in the order Deep.forward concatenates it: scalar slots per table, list slots per table, dense."""
+    dims = list(dict.fromkeys(s.dim for s in deep.slots))
+    ordered = [s for d in dims for s in deep.slots if s.dim == d and s.source == "id"]
+    ordered += [s for d in dims for s in deep.slots if s.dim == d and s.source == "list"]
+    names, starts, ends, at = [], [], [], 0
+    for s in ordered:
+        names.append(s.name)
+        starts.append(at)
+        at += s.dim
+        ends.append(at)
+    for col in deep.dense_columns.tolist():
+        name = dense_names[col]
+        names.append(name[: -len("__null")] if name.endswith("__null") else name)
+        starts.append(at)
+        at += 1
+        ends.append(at)
+    if at != deep.in_dim:
+        raise ValueError(f"deep input layout covers {at} columns but the model's MLP takes {deep.in_dim}")
+    return DeepColumns(tuple(names), tuple(starts), tuple(ends))
+
+
+class ContextHalf:
+    """The first MLP layer split into context and candidate columns, for one set of context features."""
+
+    def __init__(self, first: nn.Linear, ctx_cols: np.ndarray, item_cols: np.ndarray):
+        self.ctx_cols = torch.from_numpy(ctx_cols.astype(np.int64))
+        self.item_cols = torch.from_numpy(item_cols.astype(np.int64))
+        w = first.weight.detach()  # (H, D)
+        self.w_ctx = w.index_select(1, self.ctx_cols).t().contiguous()  # (D_u, H)
+        self.w_item = w.index_select(1, self.item_cols).t().contiguous()  # (D_i, H)
+        self.bias = first.bias.detach()
+
+    def context_term(self, x0: torch.Tensor) -> torch.Tensor:
+        """x0 (1, D) deep input of any row -> W_u u + b (1, H)."""
+        return torch.addmm(self.bias, x0.index_select(1, self.ctx_cols), self.w_ctx)
+
+    def first_layer(self, x: torch.Tensor, ctx_term: torch.Tensor) -> torch.Tensor:
+        """x (B, D) -> relu(W_i i + (W_u u + b)) (B, H)."""
+        return torch.relu(torch.addmm(ctx_term, x.index_select(1, self.item_cols), self.w_item))
+
+
+class TorchNetwork:
+    """A WideDeep module in inference mode; optionally scores with a precomputed context half of the first MLP layer."""
+
+    def __init__(self, module: WideDeep, dense_names: Sequence[str], features_by_source: dict[str, str]):
+        self.module = module.eval()
+        self.deep: Deep | None = module.deep
+        self.layout = deep_columns(self.deep, dense_names) if self.deep is not None else None
+        self.feature_of_source = dict(features_by_source)  # input column -> feature name
+        self._halves: dict[frozenset[str], ContextHalf | None] = {}
+        self._capture = threading.local()
+        if self.deep is not None:
+            self.deep.mlp.register_forward_pre_hook(self._mlp_input_hook)
+
+    @torch.inference_mode()
+    def __call__(self, ids: np.ndarray, dense: np.ndarray, lists: Sequence[np.ndarray]) -> np.ndarray:
+        t_ids, t_dense, t_lists = _tensors(ids, dense, lists)
+        return self.module.forward_tensors(t_ids, t_dense, *t_lists).float().numpy()
+
+    def context_half(self, context_columns: frozenset[str]) -> ContextHalf | None:
+        """The split first layer for requests whose context holds these input columns (None where it cannot pay)."""
+        half = self._halves.get(context_columns, ...)
+        if half is ...:
+            half = None
+            layers = self.deep.mlp.layers if self.deep is not None else ()
+            if len(layers) > 2 and isinstance(layers[0], nn.Linear) and isinstance(layers[1], nn.ReLU):
+                ctx = frozenset(self.feature_of_source[c] for c in context_columns if c in self.feature_of_source)
+                ctx_cols = self.layout.columns(ctx)
+                item_cols = np.setdiff1d(np.arange(self.deep.in_dim), ctx_cols)
+                if len(ctx_cols) and len(item_cols):
+                    half = ContextHalf(self.deep.mlp.layers[0], ctx_cols, item_cols)
+            if len(self._halves) < 64:  # a few context shapes in practice; never grow without bound
+                self._halves[context_columns] = half
+        return half
+
+    @torch.inference_mode()
+    def context_term(self, half: ContextHalf, ids: np.ndarray, dense: np.ndarray, lists: Sequence[np.ndarray]) -> torch.Tensor:
+        """W_u u + b (1, H) from the first row of a request (every row shares the context)."""
+        t_ids, t_dense, t_lists = _tensors(ids[:1], dense[:1], [x[:1] for x in lists])
+        return half.context_term(self._deep_input(t_ids, t_dense, t_lists))
+
+    @torch.inference_mode()
+    def with_context(
+        self, half: ContextHalf, ctx_term: torch.Tensor, ids: np.ndarray, dense: np.ndarray, lists: Sequence[np.ndarray]
+    ) -> np.ndarray:
+        """Logits (B,) equal to __call__'s, with the context half of the first layer taken from `ctx_term`."""
+        t_ids, t_dense, t_lists = _tensors(ids, dense, lists)
+        m = self.module
+        h = half.first_layer(self._deep_input(t_ids, t_dense, t_lists), ctx_term)
+        for layer in m.deep.mlp.layers[2:]:  # layers[1] is the ReLU that first_layer applied
+            h = layer(h)
+        logit = h.squeeze(-1) + m.bias
+        if m.wide is not None:
+            logit = logit + m.wide(t_ids, t_lists)
+        return logit.float().numpy()
+
+    def _deep_input(self, ids: torch.Tensor, dense: torch.Tensor, lists: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The concatenated deep input x (B, D), taken from Deep.forward itself: the hook keeps x, and the MLP runs on 0 rows."""
+        self._capture.on = True
+        try:
+            self.deep(ids, dense, lists)
+            return self._capture.x
+        finally:
+            self._capture.on, self._capture.x = False, None
+
+    def _mlp_input_hook(self, _module: nn.Module, args: tuple[torch.Tensor, ...]):
+        cap = self._capture
+        if getattr(cap, "on", False):  # thread-local: plain forwards in other threads pass through untouched
+            cap.x = args[0]
+            return (args[0][:0],)
+        return None
+
+
+def _tensors(ids: np.ndarray, dense: np.ndarray, lists: Sequence[np.ndarray]):
+    return torch.from_numpy(ids), torch.from_numpy(dense), [torch.from_numpy(x) for x in lists]
+
+
+class OnnxNetwork:
+    """The ONNX export of a model run by onnxruntime (see widedeep.serve.onnx)."""
+
+    def __init__(self, path: Path | str, threads: int = 1):
+        from widedeep.serve.onnx import OnnxNetwork as _Onnx
+
+        self._net = _Onnx(path)
+        self.path = Path(path)
+
+    def __call__(self, ids: np.ndarray, dense: np.ndarray, lists: Sequence[np.ndarray]) -> np.ndarray:
+        return np.asarray(self._net(ids, dense, list(lists)), dtype=np.float32).reshape(-1)

@@ -1,0 +1,114 @@
+"""The torch serving network: the context half of the first MLP layer, computed once, gives the plain forward's logits."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from widedeep.config import FeatureSpec, ModelConfig
+from widedeep.model.wide_deep import WideDeep
+from widedeep.serve.network import TorchNetwork, deep_columns
+
+
+def _layout():
+    feats = (
+        FeatureSpec("country", "categorical", embedding_dim=4),
+        FeatureSpec("installed", "categorical", multi_valued=True, pooling="mean"),
+        FeatureSpec("app", "categorical"),
+        FeatureSpec("user", "hashed", buckets=16, embedding_dim=4),
+        FeatureSpec("age", "continuous", column="user_age"),
+        FeatureSpec("price", "continuous"),
+        FeatureSpec("tags", "hashed", multi_valued=True, buckets=8, pooling="sum"),
+    )
+    return SimpleNamespace(
+        id_slots=("country", "app", "user", "age", "price", "country_x_app"),
+        list_slots=("installed", "tags", "installed_x_app"),
+        dense_names=("age", "age__null", "price", "price__null"),
+        cardinality={"country": 7, "app": 12, "user": 19, "age": 8, "price": 6, "country_x_app": 35, "installed": 12, "tags": 11,
+                     "installed_x_app": 67},
+        features=feats,
+    )
+
+
+def _model(seed: int = 0) -> tuple[WideDeep, SimpleNamespace]:
+    fs = _layout()
+    cfg = ModelConfig(
+        wide=("country_x_app", "installed_x_app", "app"),
+        deep=("installed", "app", "country", "user", "age", "price", "tags"),
+        embedding_dim=8,
+        hidden=(16, 8),
+    )
+    torch.manual_seed(seed)
+    model = WideDeep.build(cfg, fs)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # wide weights start at 0; make every part matter
+        model.deep.tables["d8"].weight[0].zero_()
+        model.deep.tables["d4"].weight[0].zero_()
+        model.wide.table.weight[0].zero_()
+    return model.eval(), fs
+
+
+def _request(n: int, rng: np.random.Generator, context_ids: dict[int, int]):
+    ids = np.stack([rng.integers(1, c, n) for c in (7, 12, 19, 8, 6, 35)], axis=1).astype(np.int64)
+    for col, v in context_ids.items():
+        ids[:, col] = v
+    dense = rng.random((n, 4)).astype(np.float32)
+    dense[:, 0], dense[:, 1] = 0.25, 0.0  # age is a context feature
+    installed = np.tile(np.array([[3, 5, 0]], dtype=np.int64), (n, 1))  # context list, broadcast
+    tags = rng.integers(0, 11, (n, 2)).astype(np.int64)
+    cross = rng.integers(0, 67, (n, 4)).astype(np.int64)
+    return ids, dense, [installed, tags, cross]
+
+
+def test_deep_columns_cover_the_input_in_forward_order():
+    model, fs = _model()
+    layout = deep_columns(model.deep, fs.dense_names)
+    # dims in first-appearance order: 8 (installed, app, tags), 4 (country, user); scalars before lists
+    assert layout.names == ("app", "country", "user", "installed", "tags", "age", "age", "price", "price")
+    assert layout.starts[0] == 0 and layout.ends[-1] == model.deep.in_dim
+    assert list(layout.columns(frozenset({"country", "age"}))) == [8, 9, 10, 11, 32, 33]
+
+
+@pytest.mark.parametrize("n", [1, 7, 64])
+def test_context_half_matches_plain_forward(n: int):
+    model, fs = _model()
+    net = TorchNetwork(model, fs.dense_names, {f.source: f.name for f in fs.features})
+    rng = np.random.default_rng(n)
+    ids, dense, lists = _request(n, rng, {0: 4, 2: 9, 3: 5})  # country, user, age bucket from the context
+    half = net.context_half(frozenset({"country", "installed", "user", "user_age"}))
+    assert half is not None and len(half.ctx_cols) == 4 + 8 + 4 + 2
+    ctx = net.context_term(half, ids, dense, lists)
+    got = net.with_context(half, ctx, ids, dense, lists)
+    want = net(ids, dense, lists)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.std(want) > 0 or n == 1  # candidates differ, so a wrong split would show
+
+
+def test_context_half_is_none_when_it_cannot_pay():
+    model, fs = _model()
+    net = TorchNetwork(model, fs.dense_names, {f.source: f.name for f in fs.features})
+    assert net.context_half(frozenset()) is None
+    assert net.context_half(frozenset({"not_a_feature"})) is None
+    every = frozenset(f.source for f in fs.features)
+    assert net.context_half(every) is None  # no candidate columns left
+
+
+def test_plain_forward_in_other_threads_is_untouched_by_the_capture_hook():
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, fs = _model()
+    net = TorchNetwork(model, fs.dense_names, {f.source: f.name for f in fs.features})
+    rng = np.random.default_rng(3)
+    ids, dense, lists = _request(50, rng, {0: 4})
+    want = net(ids, dense, lists)
+    half = net.context_half(frozenset({"country"}))
+    ctx = net.context_term(half, ids, dense, lists)
+    with ThreadPoolExecutor(4) as pool:
+        plain = [pool.submit(net, ids, dense, lists) for _ in range(20)]
+        split = [pool.submit(net.with_context, half, ctx, ids, dense, lists) for _ in range(20)]
+        for f in plain + split:
+            np.testing.assert_allclose(f.result(), want, rtol=1e-5, atol=1e-6)
