@@ -1,0 +1,137 @@
+"""Out-of-core check: peak RSS of `widedeep prepare` and of one training epoch on 1M and on 10M app-store rows.
+
+Each stage runs as its own process (`python -m widedeep ...`) and its peak resident set size comes from the kernel
+(`wait4` rusage, ru_maxrss), so it counts everything: Python, torch, Arrow buffers and the pages of memory-mapped shards.
+The target is a peak below 1 GiB for every stage and the largest run within 10% of the smallest one.
+
+    python benchmarks/out_of_core.py                       # 1M and 10M rows (several minutes and ~2 GB of disk per 10M)
+    python benchmarks/out_of_core.py --rows 1000000 3000000
+    python benchmarks/out_of_core.py --smoke               # 20k and 60k rows, for tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BOUND_MB = 1024.0
+SPREAD = 0.10
+
+CONFIG = """
+[data]
+train = "data/train"
+eval = "data/eval.parquet"
+label = "installed"
+
+[features.country]
+type = "categorical"
+[features.device]
+type = "categorical"
+[features.user_id]
+type = "hashed"
+buckets = 100000
+[features.installed_apps]
+type = "categorical"
+multi_valued = true
+[features.impression_app]
+type = "categorical"
+[features.app_category]
+type = "categorical"
+[features.age]
+type = "continuous"
+[features.app_price]
+type = "continuous"
+
+[crosses.installed_x_impression]
+columns = ["installed_apps", "impression_app"]
+buckets = 1000000
+
+[model]
+type = "wide_deep"
+wide = ["installed_x_impression", "impression_app"]
+deep = ["country", "device", "user_id", "installed_apps", "impression_app", "app_category", "age", "app_price"]
+embedding_dim = {dim}
+hidden = {hidden}
+
+[train]
+batch_size = {batch}
+epochs = 1
+out = "run"
+device = "cpu"
+bf16 = "off"
+"""
+
+
+def run_measured(cmd: list[str], cwd: Path) -> tuple[float, float]:
+    """Run `cmd` to completion; (peak RSS in MB of that process, wall seconds). Raises with its stderr if it fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # wait4 gives this child's own rusage (a sibling's peak cannot leak in, as it would with RUSAGE_CHILDREN).
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+    if p.stdout:
+        p.stdout.close()
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed with exit code {p.returncode}:\n{err[-4000:]}")
+    return usage.ru_maxrss / 1024.0, time.perf_counter() - t0  # ru_maxrss is in KiB on Linux
+
+
+def make_run(root: Path, rows: int, eval_rows: int, smoke: bool) -> Path:
+    """Write `rows` training impressions (1M per file) and a fixed-size eval set, and a config; reuse them if present."""
+    from widedeep.datasets.app_store import write_app_store
+
+    data = root / "data"
+    stamp = data / "rows.json"
+    if not stamp.exists() or json.loads(stamp.read_text()) != {"train": rows, "eval": eval_rows}:
+        write_app_store(data, rows, eval_rows, seed=0, rows_per_file=min(rows, 1_000_000))
+        stamp.write_text(json.dumps({"train": rows, "eval": eval_rows}))
+    size = {"dim": 8, "hidden": "[32, 16]", "batch": 512} if smoke else {"dim": 16, "hidden": "[128, 64]", "batch": 4096}
+    cfg = root / "config.toml"
+    cfg.write_text(CONFIG.format(**size))
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    ap.add_argument("--eval-rows", type=int, default=50_000)
+    ap.add_argument("--out", type=Path, default=Path("runs/out_of_core"))
+    ap.add_argument("--smoke", action="store_true", help="20k and 60k rows: a quick check that the benchmark runs")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.rows, args.eval_rows = [20_000, 60_000], 5_000
+    py = sys.executable
+    results = []
+    for n in args.rows:
+        root = args.out / f"rows-{n}"
+        cfg = make_run(root, n, args.eval_rows, args.smoke)
+        prep_mb, prep_s = run_measured([py, "-m", "widedeep", "prepare", str(cfg), "--force"], root)
+        train_mb, train_s = run_measured([py, "-m", "widedeep", "train", str(cfg), "--device", "cpu"], root)
+        meta = json.loads((root / "run" / "model" / "model.json").read_text())
+        eval_auc = (meta.get("metrics", {}).get("eval") or {}).get("auc", float("nan"))
+        results.append({"rows": n, "prepare_mb": prep_mb, "prepare_s": prep_s, "train_mb": train_mb, "train_s": train_s,
+                        "ex_per_s": n / train_s, "eval_auc": eval_auc})  # fmt: skip
+        r = results[-1]
+        print(f"{n:>11,} rows | prepare: peak RSS {prep_mb:7.1f} MB, {prep_s:7.1f} s | train 1 epoch: peak RSS "
+              f"{train_mb:7.1f} MB, {train_s:7.1f} s ({r['ex_per_s']:,.0f} ex/s wall) | eval AUC {eval_auc:.4f}", flush=True)  # fmt: skip
+    ok = True
+    for stage in ("prepare_mb", "train_mb"):
+        peaks = [r[stage] for r in results]
+        spread = max(peaks) / min(peaks) - 1.0
+        within = max(peaks) <= BOUND_MB and spread <= SPREAD
+        ok &= within
+        print(f"{stage[:-3]:>7}: peak RSS max {max(peaks):.1f} MB (bound {BOUND_MB:.0f}), largest/smallest = "
+              f"{1 + spread:.3f} (bound {1 + SPREAD:.2f}) -> {'OK' if within else 'OVER'}")  # fmt: skip
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    return 0 if ok or args.smoke else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
