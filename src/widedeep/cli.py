@@ -60,6 +60,49 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from widedeep.serve.onnx import export_onnx
+
+    if not args.onnx:
+        raise ValueError("choose an export format: --onnx (the only one so far)")
+    print(f"wrote {export_onnx(args.model, args.out)}")
+    return 0
+
+
+def _tolerances(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--data", type=str, required=True, help="holdout file, glob or directory with the label column")
+    s.add_argument("--auc-tolerance", type=float, default=0.002, help="largest AUC drop vs the current model that passes (absolute)")
+    s.add_argument("--logloss-tolerance", type=float, default=0.01, help="largest logloss rise vs the current model that passes (absolute)")
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from widedeep.serve.validate import validate
+
+    report = validate(args.new, args.against, args.data, auc_tolerance=args.auc_tolerance, logloss_tolerance=args.logloss_tolerance)
+    print(report.to_json() if args.json else report.to_text())
+    return 0 if report.passed else 1
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from widedeep.serve.registry import Registry
+
+    registry = Registry(args.registry, create=True)
+    report = registry.promote(
+        args.new,
+        data=args.data,
+        auc_tolerance=args.auc_tolerance,
+        logloss_tolerance=args.logloss_tolerance,
+        force=args.force,
+        name=args.name,
+    )
+    print(report.to_text())
+    if report.passed or args.force:
+        print(f"promoted: {args.registry}/CURRENT -> {registry.current_version()}" + ("" if report.passed else " (forced)"))
+        return 0
+    print(f"not promoted: {args.registry}/CURRENT still -> {registry.current_version() or '(none)'}", file=sys.stderr)
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="widedeep", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -98,6 +141,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rows", type=int, default=None, help="training rows to generate (default: the demo size)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_demo)
+
+    s = sub.add_parser("export", help="export MODEL's network to ONNX (MODEL/model.onnx + onnx.json) for --backend onnxruntime")
+    s.add_argument("model", type=Path)
+    s.add_argument("--onnx", action="store_true", help="write ONNX (the only format)")
+    s.add_argument("--out", type=Path, default=None, help="ONNX file to write (default: MODEL/model.onnx)")
+    s.set_defaults(func=_export)
+
+    s = sub.add_parser("validate", help="dry-run NEW on a holdout and compare it with CURRENT; exit 1 if it fails")
+    s.add_argument("new", type=Path)
+    s.add_argument("--against", type=Path, default=None, metavar="CURRENT", help="the model now served (omit: dry run only)")
+    _tolerances(s)
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(func=_validate)
+
+    s = sub.add_parser("promote", help="validate NEW against the registry's current model, then switch CURRENT atomically")
+    s.add_argument("new", type=str, help="a model directory, or a version already in the registry")
+    s.add_argument("--registry", type=Path, required=True, help="registry root (created if missing)")
+    _tolerances(s)
+    s.add_argument("--name", default=None, help="version name (default: UTC timestamp + weights sha prefix)")
+    s.add_argument("--force", action="store_true", help="switch CURRENT even if validation fails (the report is still logged)")
+    s.set_defaults(func=_promote)
     return p
 
 

@@ -1,0 +1,216 @@
+"""The paper's dry run: score a holdout with a new model, check the scores are sane, and compare it with the current model.
+
+A model is pushed to serving only after this passes. The dry run fails on a model that cannot be loaded (missing file,
+checksum mismatch), cannot score the holdout, or produces NaN/infinite, out-of-range or constant scores. The comparison fails
+when the new AUC is lower than the current one by more than `auc_tolerance`, or the new logloss higher by more than
+`logloss_tolerance` (both absolute differences).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from widedeep.artifact import PREDICT_BATCH, Model, to_table
+from widedeep.metrics import binary_metrics
+
+AUC_TOLERANCE = 0.002
+LOGLOSS_TOLERANCE = 0.01
+MIN_STD = 1e-6  # scores with a smaller standard deviation count as constant
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class ValidationReport:
+    """The outcome of `validate`: every check with its detail, and the holdout metrics of both models."""
+
+    new: str
+    current: str | None
+    data: str
+    checks: list[Check] = field(default_factory=list)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # "new" / "current" -> binary_metrics
+    tolerances: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def add(self, name: str, passed: bool, detail: str) -> bool:
+        self.checks.append(Check(name, bool(passed), detail))
+        return bool(passed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "new": self.new,
+            "current": self.current,
+            "data": self.data,
+            "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in self.checks],
+            "metrics": {k: {m: _json_float(v) for m, v in d.items()} for k, d in self.metrics.items()},
+            "tolerances": dict(self.tolerances),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+    def to_text(self) -> str:
+        lines = [
+            f"validation {'PASSED' if self.passed else 'FAILED'}: {self.new}",
+            f"  against: {self.current or '(none: dry run only)'}",
+            f"  holdout: {self.data}",
+        ]
+        width = max((len(c.name) for c in self.checks), default=0)
+        lines += [f"  [{'ok' if c.passed else 'FAIL':>4}] {c.name:<{width}}  {c.detail}" for c in self.checks]
+        if self.metrics:
+            cols = [k for k in ("new", "current") if k in self.metrics]
+            lines.append("  " + f"{'metric':<12}" + "".join(f"{k:>12}" for k in cols))
+            for m in ("auc", "logloss", "calibration", "mean_prediction", "mean_label", "examples"):
+                lines.append("  " + f"{m:<12}" + "".join(f"{self.metrics[k].get(m, float('nan')):>12.6g}" for k in cols))
+        return "\n".join(lines)
+
+
+def _json_float(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def validate(
+    new_dir: Path | str,
+    against_dir: Path | str | None,
+    data: str | Path | pa.Table,
+    *,
+    auc_tolerance: float = AUC_TOLERANCE,
+    logloss_tolerance: float = LOGLOSS_TOLERANCE,
+) -> ValidationReport:
+    """Dry-run `new_dir` on the holdout `data` (file, glob, directory or table) and compare it with `against_dir` if given."""
+    for name, tol in (("auc_tolerance", auc_tolerance), ("logloss_tolerance", logloss_tolerance)):
+        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {tol!r}")
+    report = ValidationReport(
+        new=str(new_dir),
+        current=None if against_dir is None else str(against_dir),
+        data="<table>" if isinstance(data, pa.Table) else str(data),
+        tolerances={"auc": float(auc_tolerance), "logloss": float(logloss_tolerance)},
+    )
+    new = _load(report, "load", new_dir)
+    if new is None:
+        return report
+    current = _load(report, "load_current", against_dir) if against_dir is not None else None
+    if against_dir is not None and current is None:
+        return report
+
+    models = {"new": new} if current is None else {"new": new, "current": current}
+    t0 = time.perf_counter()
+    try:
+        labels, scores = _score(models, data, new.label)
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        report.add("score", False, f"cannot score the holdout: {e}")
+        return report
+    seconds = time.perf_counter() - t0
+    n = len(labels)
+    if not report.add("score", n > 0, f"{n} rows scored in {seconds:.2f} s" if n else "the holdout has no rows"):
+        return report
+
+    p = scores["new"]
+    bad = int((~np.isfinite(p)).sum())
+    if not report.add("finite", bad == 0, f"{bad} of {n} scores are NaN or infinite" if bad else "no NaN or infinite scores"):
+        return report
+    lo, hi = float(p.min()), float(p.max())
+    report.add("range", 0.0 <= lo and hi <= 1.0, f"scores span [{lo:.6g}, {hi:.6g}] (must lie in [0, 1])")
+    std = float(p.std())
+    report.add(
+        "not_constant",
+        std >= MIN_STD,
+        f"score std {std:.3g}" + (f" < {MIN_STD:g}: the model gives every row the same score" if std < MIN_STD else ""),
+    )
+    report.metrics["new"] = binary_metrics(labels, p)
+    auc = report.metrics["new"]["auc"]
+    if not report.add(
+        "auc_defined",
+        math.isfinite(auc),
+        f"AUC {auc:.4f}" if math.isfinite(auc) else "the holdout holds a single label class, so AUC is undefined",
+    ):
+        return report
+    if current is not None:
+        _compare(report, scores["current"], labels, auc_tolerance, logloss_tolerance)
+    return report
+
+
+def _load(report: ValidationReport, check: str, model_dir: Path | str) -> Model | None:
+    try:
+        model = Model.load(model_dir)
+    except (ValueError, FileNotFoundError, OSError, KeyError, RuntimeError) as e:
+        report.add(check, False, f"cannot load {model_dir}: {e}")
+        return None
+    report.add(check, True, f"{model_dir}: checksums verified, version {model.version}")
+    return model
+
+
+def _compare(report: ValidationReport, cur: np.ndarray, labels: np.ndarray, auc_tol: float, ll_tol: float) -> None:
+    bad = int((~np.isfinite(cur)).sum())
+    if not report.add("current_finite", bad == 0, f"the current model gives {bad} NaN or infinite scores" if bad else "ok"):
+        return
+    report.metrics["current"] = binary_metrics(labels, cur)
+    new, old = report.metrics["new"], report.metrics["current"]
+    d_auc = new["auc"] - old["auc"]
+    report.add(
+        "auc_vs_current",
+        d_auc >= -auc_tol,
+        f"AUC {new['auc']:.4f} vs {old['auc']:.4f} (change {d_auc:+.4f}, a drop of at most {auc_tol:g} allowed)",
+    )
+    d_ll = new["logloss"] - old["logloss"]
+    report.add(
+        "logloss_vs_current",
+        d_ll <= ll_tol,
+        f"logloss {new['logloss']:.4f} vs {old['logloss']:.4f} (change {d_ll:+.4f}, a rise of at most {ll_tol:g} allowed)",
+    )
+
+
+def _score(models: dict[str, Model], data: str | Path | pa.Table, label: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Read the holdout once, in batches; return its labels and each model's probabilities (not checked for NaN)."""
+    labels: list[np.ndarray] = []
+    probs: dict[str, list[np.ndarray]] = {k: [] for k in models}
+    for table in _batches(data):
+        labels.append(_labels(table, label))
+        for k, m in models.items():
+            probs[k].append(m.predict(table))
+    if not labels:
+        return np.zeros(0), {k: np.zeros(0, dtype=np.float32) for k in models}
+    return np.concatenate(labels), {k: np.concatenate(v) for k, v in probs.items()}
+
+
+def _batches(data: str | Path | pa.Table) -> Iterable[pa.Table]:
+    if isinstance(data, (str, Path)):
+        from widedeep.features.io import iter_batches, resolve_paths
+
+        for rb in iter_batches(resolve_paths([str(data)]), batch_size=PREDICT_BATCH):
+            yield pa.Table.from_batches([rb]) if isinstance(rb, pa.RecordBatch) else rb
+        return
+    table = to_table(data)
+    for i in range(0, table.num_rows, PREDICT_BATCH):
+        yield table.slice(i, PREDICT_BATCH)
+
+
+def _labels(table: pa.Table, label: str) -> np.ndarray:
+    if label not in table.column_names:
+        raise ValueError(f"label column {label!r} not found in the holdout (columns: {table.column_names})")
+    col = table.column(label)
+    if col.null_count:
+        raise ValueError(f"label column {label!r} has {col.null_count} null values")
+    y = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+    bad = ~np.isin(y, (0.0, 1.0))
+    if bad.any():
+        raise ValueError(f"label column {label!r} must hold 0/1 values, got {y[bad][0]!r}")
+    return y
