@@ -1,0 +1,231 @@
+"""WideDeep: the three variants, logits out, O(active ids) sparse gradients, pooling, parameter groups, joint training."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from widedeep.batch import Batch
+from widedeep.config import CrossSpec, FeatureSpec, ModelConfig, TrainConfig
+from widedeep.model import WideDeep
+from widedeep.optim import build_optimizers, step, zero_grad
+
+
+@dataclass
+class Layout:
+    """Stand-in for a fitted FeatureSet: the attributes the model reads."""
+
+    id_slots: tuple[str, ...] = ("country", "imp", "user", "age", "price", "country_x_imp")
+    list_slots: tuple[str, ...] = ("apps", "apps_x_imp")
+    dense_names: tuple[str, ...] = ("age", "age__null", "price", "price__null")
+    cardinality: dict[str, int] = field(
+        default_factory=lambda: {"country": 8, "imp": 23, "user": 67, "age": 13, "price": 8, "country_x_imp": 131, "apps": 23, "apps_x_imp": 259}
+    )
+    features: tuple[FeatureSpec, ...] = (
+        FeatureSpec("country", "categorical"),
+        FeatureSpec("apps", "categorical", multi_valued=True),
+        FeatureSpec("imp", "categorical", embedding_dim=4),
+        FeatureSpec("user", "hashed", buckets=64, pooling="sum"),
+        FeatureSpec("age", "continuous", quantiles=10),
+        FeatureSpec("price", "continuous", quantiles=5),
+    )
+    crosses: tuple[CrossSpec, ...] = (CrossSpec("country_x_imp", ("country", "imp"), 128), CrossSpec("apps_x_imp", ("apps", "imp"), 256))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and lose a lot when other processes share the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+WIDE = ("country_x_imp", "apps_x_imp", "imp", "age")
+DEEP = ("apps", "imp", "country", "user", "age", "price")
+
+
+def config(type: str = "wide_deep", **kw) -> ModelConfig:
+    return ModelConfig(type=type, wide=WIDE if type != "deep" else (), deep=DEEP if type != "wide" else (), embedding_dim=8, hidden=(16, 8), **kw)
+
+
+def make_batch(n: int, seed: int, fs: Layout = Layout()) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.stack([torch.randint(1, fs.cardinality[s], (n,), generator=g) for s in fs.id_slots], dim=1)
+    lists = {}
+    for s in fs.list_slots:
+        values = torch.randint(3, fs.cardinality[s], (n, 4), generator=g)
+        lengths = torch.randint(0, 5, (n, 1), generator=g)
+        lists[s] = torch.where(torch.arange(4)[None, :] < lengths, values, 0)  # right-padded with 0
+    dense = torch.rand(n, 4, generator=g)
+    dense[:, 1] = (dense[:, 1] < 0.1).float()
+    dense[:, 3] = 0.0
+    label = (torch.rand(n, generator=g) < 0.3).float()
+    return Batch(ids, dense, lists, label)
+
+
+@pytest.mark.parametrize("type", ["wide", "deep", "wide_deep"])
+def test_three_variants_return_logits_of_shape_b(type: str) -> None:
+    torch.manual_seed(0)
+    model = WideDeep.build(config(type), Layout())
+    batch = make_batch(32, seed=1)
+    with torch.no_grad():
+        model.bias.fill_(3.0)
+        out = model(batch)
+    assert out.shape == (32,) and out.dtype == torch.float32
+    assert (model.wide is None) == (type == "deep") and (model.deep is None) == (type == "wide")
+    if type == "wide":
+        assert torch.equal(out, torch.full((32,), 3.0))  # zero-initialised weights: the logit is the bias, not sigmoid(bias)
+    else:
+        assert (out > 1.0).any()  # logits, not probabilities
+    groups = model.parameter_groups()
+    bias_part = "deep" if type == "deep" else "wide"
+    assert [n for n, _ in groups[bias_part] if n == "bias"] == ["bias"]
+    assert set(groups) == {"wide", "deep"} - ({"deep"} if type == "wide" else {"wide"} if type == "deep" else set())
+
+
+def test_joint_logit_is_wide_plus_deep_plus_bias() -> None:
+    torch.manual_seed(0)
+    model = WideDeep.build(config(), Layout())
+    with torch.no_grad():
+        model.wide.table.weight.normal_()
+        model.wide.table.weight[0] = 0
+        model.bias.fill_(-0.7)
+    b = make_batch(16, seed=2)
+    lists = [b.lists[n] for n in model.list_slots]
+    with torch.no_grad():
+        want = model.wide(b.ids, lists) + model.deep(b.ids, b.dense, lists) - 0.7
+        torch.testing.assert_close(model(b), want)
+        torch.testing.assert_close(model.forward_tensors(b.ids, b.dense, *lists), want)
+
+
+def test_wide_is_a_sum_of_per_id_weights() -> None:
+    model = WideDeep.build(config("wide"), Layout())
+    with torch.no_grad():
+        model.wide.table.weight.copy_(torch.arange(model.wide.table.rows, dtype=torch.float32)[:, None])
+        model.wide.table.weight[0] = 0
+    b = make_batch(8, seed=3)
+    layout = {r.slot: r for r in model.embedding_layout()}
+    want = torch.zeros(8)
+    for name in WIDE:
+        r = layout[name]
+        if name in Layout.list_slots:
+            v = b.lists[name]
+            want += torch.where(v > 0, v + r.offset, 0).sum(1).float()
+        else:
+            want += (b.ids[:, Layout.id_slots.index(name)] + r.offset).float()
+    with torch.no_grad():
+        torch.testing.assert_close(model(b), want)
+
+
+def test_gradients_are_sparse_and_touch_only_active_ids() -> None:
+    torch.manual_seed(0)
+    model = WideDeep.build(config(), Layout())
+    b = make_batch(64, seed=4)
+    F.binary_cross_entropy_with_logits(model(b), b.label).backward()
+    grad = model.wide.table.weight.grad
+    assert grad.is_sparse
+    rows = grad.coalesce().indices()[0]
+    layout = {r.slot: r for r in model.embedding_layout() if r.param == "wide.table.weight"}
+    active = []
+    for name in WIDE:
+        v = b.lists[name] if name in Layout.list_slots else b.ids[:, Layout.id_slots.index(name)]
+        active.append((v[v > 0] + layout[name].offset).flatten())
+    active = torch.cat(active)
+    assert torch.equal(rows, torch.unique(active))  # exactly the active ids; padding row 0 never touched
+    assert rows.numel() <= active.numel() < model.wide.table.rows
+    for name, p in model.named_parameters():
+        if name.startswith("deep.tables."):
+            assert p.grad.is_sparse and 0 not in p.grad.coalesce().indices()[0].tolist(), name
+
+
+def test_pooling_ignores_padding_and_empty_lists_pool_to_zero() -> None:
+    torch.manual_seed(0)
+    model = WideDeep.build(config("deep"), Layout())
+    b = make_batch(16, seed=5)
+    wider = Batch(b.ids, b.dense, {k: F.pad(v, (0, 3)) for k, v in b.lists.items()}, b.label)  # 3 more padding columns
+    seen = []
+    model.deep.mlp.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    with torch.no_grad():
+        torch.testing.assert_close(model(b), model(wider))
+        x = seen[0]
+    # The MLP input is: single-valued embeddings (table by table), then pooled lists ("apps" is the only one), then dense.
+    table = model.deep.tables["d8"]
+    apps = {r.slot: r for r in model.embedding_layout()}["apps"]
+    start = sum(s.dim for s in model.deep.slots if s.source == "id")
+    pooled = x[:, start : start + 8]
+    for i in range(16):
+        ids = b.lists["apps"][i]
+        ids = ids[ids > 0]
+        want = table.weight[ids + apps.offset].mean(0) if ids.numel() else torch.zeros(8)
+        torch.testing.assert_close(pooled[i], want.detach())
+    assert (b.lists["apps"] == 0).all(dim=1).any(), "the batch should contain an empty list"
+
+
+def test_rebuild_gives_same_names_and_state_dict_round_trips() -> None:
+    torch.manual_seed(0)
+    a = WideDeep.build(config(), Layout())
+    torch.manual_seed(123)
+    b = WideDeep.build(config(), Layout())
+    assert [(n, p.shape) for n, p in a.named_parameters()] == [(n, p.shape) for n, p in b.named_parameters()]
+    batch = make_batch(8, seed=6)
+    with torch.no_grad():
+        assert not torch.equal(a(batch), b(batch))
+        b.load_state_dict(a.state_dict())
+        torch.testing.assert_close(a(batch), b(batch), rtol=0, atol=0)
+    assert set(a.state_dict()) == {n for n, _ in a.named_parameters()}  # only weights: no buffers to save
+
+
+def test_architecture_is_json_and_describes_the_model() -> None:
+    model = WideDeep.build(config(), Layout())
+    arch = json.loads(json.dumps(model.architecture()))
+    assert arch["type"] == "wide_deep"
+    assert arch["parameters"]["total"] == sum(p.numel() for p in model.parameters())
+    # 4 single-valued embeddings (country 8, imp 4, user 8) + apps 8 + 4 dense columns
+    assert arch["deep"]["input_dim"] == 8 + 4 + 8 + 8 + 4
+    assert arch["deep"]["hidden"] == [16, 8]
+    assert arch["wide"]["rows"] == 1 + sum(Layout().cardinality[n] - 1 for n in WIDE)
+
+
+def test_build_rejects_unknown_slots() -> None:
+    with pytest.raises(ValueError, match="nope"):
+        WideDeep.build(ModelConfig(type="wide", wide=("nope",)), Layout())
+    with pytest.raises(ValueError, match="nope"):
+        WideDeep.build(ModelConfig(type="deep", deep=("nope",)), Layout())
+
+
+def test_wide_sparsity_counts_exact_zeros() -> None:
+    model = WideDeep.build(config(), Layout())
+    assert model.wide_sparsity() == 1.0
+    with torch.no_grad():
+        model.wide.table.weight[1:11] = 0.5
+    assert model.wide_sparsity() == pytest.approx(1 - 10 / (model.wide.table.rows - 1))
+
+
+def test_joint_training_decreases_loss_and_keeps_padding_zero() -> None:
+    torch.manual_seed(0)
+    fs = Layout()
+    model = WideDeep.build(config(), fs)
+    data = make_batch(512, seed=7)
+    # The label is memorisable by the wide cross and learnable by the deep part: it depends on the country x impression pair.
+    cross = data.ids[:, fs.id_slots.index("country_x_imp")]
+    data.label = ((cross % 3 == 0) | (data.dense[:, 0] > 0.8)).float()
+    opts = build_optimizers(model, TrainConfig())
+    losses = []
+    for epoch in range(15):
+        for lo in range(0, 512, 128):
+            b = Batch(data.ids[lo : lo + 128], data.dense[lo : lo + 128], {k: v[lo : lo + 128] for k, v in data.lists.items()}, data.label[lo : lo + 128])
+            zero_grad(opts)
+            loss = F.binary_cross_entropy_with_logits(model(b), b.label)
+            loss.backward()
+            step(opts)
+            losses.append(loss.item())
+    assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4
+    assert (model.wide.table.weight != 0).any()
+    assert torch.equal(model.wide.table.weight[0], torch.zeros(1))
+    for table in model.deep.tables.values():
+        assert torch.equal(table.weight[0], torch.zeros(table.dim))
