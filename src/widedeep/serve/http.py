@@ -237,13 +237,14 @@ def serve(
     max_body_bytes: int = MAX_BODY_BYTES,
     max_candidates: int = MAX_CANDIDATES,
     poll_s: float = 0.5,
+    intra_op: int = 1,
 ) -> None:
     """Run the ranking server until interrupted (loads the model first, so a bad model fails before binding)."""
     import uvicorn
 
     from widedeep.serve.scorer import configure_torch_threads
 
-    configure_torch_threads(threads)
+    configure_torch_threads(intra_op)
     live = LiveScorer(source, lambda p: Scorer.load(p, backend=backend, sub_batch=sub_batch, threads=threads), poll_s=poll_s)
     app = create_app(live, max_body_bytes=max_body_bytes, max_candidates=max_candidates)
     log.info("serving %s (model %s, backend %s) on http://%s:%d", source, live.scorer.version, backend, host, port)

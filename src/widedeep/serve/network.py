@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -156,16 +155,3 @@ class TorchNetwork:
 
 def _tensors(ids: np.ndarray, dense: np.ndarray, lists: Sequence[np.ndarray]):
     return torch.from_numpy(ids), torch.from_numpy(dense), [torch.from_numpy(x) for x in lists]
-
-
-class OnnxNetwork:
-    """The ONNX export of a model run by onnxruntime (see widedeep.serve.onnx)."""
-
-    def __init__(self, path: Path | str, threads: int = 1):
-        from widedeep.serve.onnx import OnnxNetwork as _Onnx
-
-        self._net = _Onnx(path)
-        self.path = Path(path)
-
-    def __call__(self, ids: np.ndarray, dense: np.ndarray, lists: Sequence[np.ndarray]) -> np.ndarray:
-        return np.asarray(self._net(ids, dense, list(lists)), dtype=np.float32).reshape(-1)

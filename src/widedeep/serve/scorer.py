@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 import numpy as np
 
 from widedeep.batch import pad_ragged
-from widedeep.serve.errors import RequestError
-from widedeep.serve.network import Network, OnnxNetwork, TorchNetwork
+from widedeep.serve.errors import RequestError, locate
+from widedeep.serve.network import Network, TorchNetwork
 
 if TYPE_CHECKING:
     from widedeep.features.encoded import Encoded
@@ -84,6 +84,8 @@ class Scorer:
         if backend == "torch":
             network: Network = TorchNetwork(model.module, model.features.dense_names, sources)
         elif backend == "onnxruntime":
+            from widedeep.serve.onnx import OnnxNetwork
+
             network = OnnxNetwork(_onnx_file(root))
         else:
             raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
@@ -128,17 +130,13 @@ class Scorer:
     # -- internals -------------------------------------------------------------------------------------------------------
 
     def _transform(self, run, where: str, context: dict[str, Any] | None, rows: Sequence[dict[str, Any]]) -> Encoded:
-        from widedeep.serve.fields import locate
-
+        """Run the FeatureSet; its FeatureError (a field, a record number) becomes a RequestError with the JSON path."""
         try:
             return run()
         except ValueError as e:
-            if isinstance(e, RequestError):
+            if isinstance(e, RequestError) or getattr(e, "field", None) is None:
                 raise
-            field = getattr(e, "field", None)
-            if field is None:
-                raise
-            raise RequestError(locate(self.features, e, where, context, rows), _message(e)) from None
+            raise locate(e, where, context, rows) from None
 
     def _logits(self, enc: Encoded, context_columns: frozenset[str] | None) -> np.ndarray:
         """Logits (N,) over sub-batches of `sub_batch` rows, run in parallel on the thread pool."""
@@ -208,16 +206,11 @@ def _kind(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _message(e: ValueError) -> str:
-    msg, field = str(e), str(getattr(e, "field", ""))
-    return msg[len(field) + 2 :] if field and msg.startswith(field + ": ") else msg
-
-
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
 
 
-def configure_torch_threads(threads: int, intra_op: int = 1) -> None:
+def configure_torch_threads(intra_op: int = 1) -> None:
     """Torch intra-op threads per forward pass; parallelism comes from the `threads` sub-batches (measured faster on 2 cores)."""
     import torch
 
