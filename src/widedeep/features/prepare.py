@@ -1,0 +1,177 @@
+"""`widedeep prepare`: check the inputs, fit the FeatureSet in one streaming pass, encode train/eval into shards.
+
+Everything is written into a temp folder next to the prepared folder, which replaces it only once complete, so a
+crash leaves either the previous complete result or none. `manifest.json` holds a fingerprint of the feature config
+and of every input file (path, size, mtime); a later call with the same fingerprint does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow as pa
+
+from widedeep.config import Config
+from widedeep.features import columns as C
+from widedeep.features.columns import FeatureError
+from widedeep.features.io import file_format, iter_batches, resolve_paths, schema
+from widedeep.features.shards import write_shard
+from widedeep.features.transform import VERSION, FeatureSet
+
+SPLITS = ("train", "eval")
+
+
+def _inputs(cfg: Config) -> dict[str, list[Path]]:
+    out = {"train": resolve_paths(cfg.data.train, cfg.root)}
+    out["eval"] = resolve_paths(cfg.data.eval, cfg.root) if cfg.data.eval else []
+    return out
+
+
+def fingerprint(cfg: Config) -> str:
+    """sha256 of the feature config (features, crosses, label) and each input file's path, size and mtime."""
+    files = {}
+    for split, paths in _inputs(cfg).items():
+        files[split] = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+    doc = {
+        "version": VERSION,
+        "features": [asdict(f) for f in cfg.features],
+        "crosses": [asdict(c) for c in cfg.crosses],
+        "label": cfg.data.label,
+        "files": files,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def is_fresh(cfg: Config) -> bool:
+    """True when the prepared folder is complete and was made from this feature config and these input files."""
+    out = cfg.prepared_dir
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+        fp = fingerprint(cfg)
+    except (OSError, ValueError):
+        return False
+    shards = [out / s for split in manifest.get("splits", {}).values() for s in split.get("shards", [])]
+    return manifest.get("fingerprint") == fp and (out / "features.json").is_file() and all(s.is_dir() for s in shards)
+
+
+def _read_types(fs: FeatureSet) -> dict[str, pa.DataType]:
+    """CSV column types: token columns stay strings (so "007" is not read as 7), continuous ones are numbers."""
+    return {f.source: pa.float64() if f.type == "continuous" else pa.string() for f in fs.features}
+
+
+def check_inputs(fs: FeatureSet, inputs: dict[str, list[Path]]) -> dict[str, int]:
+    """Fail fast, naming the file: unreadable, missing column, wrong dtype, empty, or a label that is not 0/1.
+    Returns the row count of each split."""
+    rows = {}
+    for split, paths in inputs.items():
+        rows[split] = 0
+        for path in paths:
+            sch = schema(path)
+            for f in fs.features:
+                if f.source not in sch.names:
+                    raise FeatureError(f.source, f"{path}: missing column {f.source!r} (columns: {sch.names})")
+                if file_format(path) == "parquet":
+                    _check_dtype(f, sch.field(f.source).type, path)
+            if fs.label not in sch.names:
+                raise FeatureError(fs.label, f"{path}: missing label column {fs.label!r} (columns: {sch.names})")
+            n = 0
+            for batch in iter_batches([path], columns=[fs.label]):
+                try:
+                    C.as_label(batch.column(0), fs.label)
+                except FeatureError as e:
+                    raise FeatureError(fs.label, f"{path}: {e} (in the batch starting at row {n})") from None
+                n += batch.num_rows
+            if n == 0:
+                raise ValueError(f"{path}: data file has no rows")
+            rows[split] += n
+    return rows
+
+
+def _check_dtype(f, dtype: pa.DataType, path: Path) -> None:
+    empty = pa.array([], dtype) if not pa.types.is_dictionary(dtype) else pa.array([], dtype.value_type).dictionary_encode()
+    try:
+        if f.type == "continuous":
+            C.as_floats(empty, f.source)
+        elif f.multi_valued:
+            C.as_lists(empty, f.source, f.delimiter)
+        else:
+            C.as_strings(empty, f.source)
+    except FeatureError as e:
+        raise FeatureError(f.source, f"{path}: {e}") from None
+
+
+def fit(cfg: Config, rank: int = 0, world: int = 1) -> FeatureSet:
+    """Fit a FeatureSet on the training files `rank::world` (world > 1: one part of a distributed fit, to `merge`)."""
+    fs = FeatureSet.from_config(cfg)
+    paths = _inputs(cfg)["train"][rank::world]
+    for batch in iter_batches(paths, [*fs.input_columns, fs.label], types=_read_types(fs), dictionary=True):
+        fs.partial_fit(batch)
+    return fs
+
+
+def _encode(fs: FeatureSet, paths: Sequence[Path], out: Path) -> list[str]:
+    names = []
+    batches = iter_batches(paths, [*fs.input_columns, fs.label], types=_read_types(fs), dictionary=True)
+    for i, batch in enumerate(batches):
+        write_shard(out / f"part-{i:05d}", fs.transform(batch))
+        names.append(f"{out.name}/part-{i:05d}")
+    return names
+
+
+def prepare(cfg: Config, force: bool = False, verbose: bool = True) -> Path:
+    """Fit features on the training data and encode train/eval into `cfg.prepared_dir` (skipped when fresh)."""
+    out = cfg.prepared_dir
+    if not force and is_fresh(cfg):
+        if verbose:
+            print(f"prepare: {out} is up to date")
+        return out
+    start = time.perf_counter()
+    inputs = _inputs(cfg)
+    fp = fingerprint(cfg)
+    fs = FeatureSet.from_config(cfg)
+    rows = check_inputs(fs, inputs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        work.chmod(0o755)
+        fs = fit(cfg)
+        fs.info_ = {"fingerprint": fp, "train_files": [str(p) for p in inputs["train"]]}
+        fs.save(work / "features.json")
+        splits = {s: {"rows": rows[s], "shards": _encode(fs, inputs[s], work / s)} for s in SPLITS if inputs[s]}
+        manifest = {
+            "fingerprint": fp,
+            "features": "features.json",
+            "id_slots": list(fs.id_slots),
+            "list_slots": list(fs.list_slots),
+            "dense_names": list(fs.dense_names),
+            "splits": splits,
+        }
+        (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        _swap(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if verbose:
+        sizes = ", ".join(f"{f.name}={n}" for f, n in zip(fs.features, fs.cardinality.values()) if f.type != "hashed")
+        print(f"prepare: {rows['train']} train + {rows.get('eval', 0)} eval rows in {time.perf_counter() - start:.1f}s -> {out}")
+        print(f"prepare: table sizes {sizes}")
+    return out
+
+
+def _swap(work: Path, out: Path) -> None:
+    """Replace `out` by the complete `work` folder (the old one is removed only after the rename)."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(work, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

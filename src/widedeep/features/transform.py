@@ -1,0 +1,355 @@
+"""FeatureSet: THE transform from raw columns to model ids and values, shared by training, evaluation and serving.
+
+`fit`/`partial_fit`/`merge` learn vocabularies and quantile boundaries in streaming passes; `transform` encodes an
+Arrow table or record batch; `transform_records` and `transform_request` (serving) build an Arrow table from Python
+records and run the very same code. Ids follow docs/design.md: 0 pad, 1 missing, 2 out of vocabulary, 3.. values.
+Serving input: a missing field is an error by default (`strict=True`); None, and NaN for a number, mean missing;
+unknown categorical values are not errors (they get the OOV id).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from widedeep.config import Config, CrossSpec, FeatureSpec
+from widedeep.features import columns as C
+from widedeep.features.columns import FeatureError
+from widedeep.features.cross import Tokens, cross, fill_rows, repeat_ragged
+from widedeep.features.encoded import Encoded
+from widedeep.features.hashing import ALGORITHM, bucket, hash_ints, hash_strings
+from widedeep.features.quantile import Quantiles
+from widedeep.features.vocab import Vocabulary
+
+FORMAT, VERSION = "widedeep.features", 1
+_BUCKET_SALT = 0x7175616E74  # salts the hash of a quantile-bucket id when a continuous feature enters a cross
+
+
+@dataclass
+class _Col:
+    """One encoded feature over n rows (ids for a scalar, ragged element ids for a list), plus what crosses need."""
+
+    ids: np.ndarray
+    offsets: np.ndarray | None = None
+    dense: tuple[np.ndarray, np.ndarray] | None = None  # (normalized value, null indicator), float32
+    tokens: Tokens | None = None
+
+    def repeat(self, n: int) -> "_Col":
+        if self.offsets is None:
+            ids, off = np.repeat(self.ids, n), None
+        else:
+            ids, off = repeat_ragged(self.ids, self.offsets, n)
+        dense = None if self.dense is None else (np.repeat(self.dense[0], n), np.repeat(self.dense[1], n))
+        return _Col(ids, off, dense, None if self.tokens is None else self.tokens.repeat(n))
+
+
+class FeatureSet:
+    """Vocabularies, quantile boundaries and hash parameters for every feature and cross of a config."""
+
+    def __init__(self, features: Sequence[FeatureSpec], crosses: Sequence[CrossSpec] = (), label: str | None = None):
+        self.features, self.crosses, self.label = tuple(features), tuple(crosses), label
+        self._spec = {f.name: f for f in self.features}
+        if len(self._spec) != len(self.features):
+            raise ValueError(f"duplicate feature names in {[f.name for f in self.features]}")
+        for c in self.crosses:
+            if c.name in self._spec:
+                raise ValueError(f"cross {c.name!r} has the same name as a feature")
+            for name in c.columns:
+                if name not in self._spec:
+                    raise ValueError(f"cross {c.name!r} names unknown feature {name!r}")
+        for f in self.features:
+            if f.type == "hashed" and f.buckets < 1:
+                raise ValueError(f"hashed feature {f.name!r} needs buckets >= 1, got {f.buckets}")
+        self._in_cross = {n for c in self.crosses for n in c.columns}
+        self.reset()
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "FeatureSet":
+        return cls(cfg.features, cfg.crosses, cfg.data.label)
+
+    # ---- layout ------------------------------------------------------------------------------------------------------
+
+    @property
+    def id_slots(self) -> tuple[str, ...]:
+        scalar = [f.name for f in self.features if not f.multi_valued]
+        return tuple(scalar + [c.name for c in self.crosses if not self._ragged_cross(c)])
+
+    @property
+    def list_slots(self) -> tuple[str, ...]:
+        multi = [f.name for f in self.features if f.multi_valued]
+        return tuple(multi + [c.name for c in self.crosses if self._ragged_cross(c)])
+
+    @property
+    def dense_names(self) -> tuple[str, ...]:
+        return tuple(n for f in self.features if f.type == "continuous" for n in (f.name, f"{f.name}__null"))
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(f.source for f in self.features))
+
+    @property
+    def cardinality(self) -> dict[str, int]:
+        self._finalize()
+        out = {}
+        for f in self.features:
+            size = {"categorical": lambda: self.vocabs_[f.name].size, "hashed": lambda: f.buckets}.get(
+                f.type, lambda: self.quantiles_[f.name].buckets
+            )()
+            out[f.name] = 3 + size
+        out.update({c.name: 3 + c.buckets for c in self.crosses})
+        return out
+
+    def vocabulary(self, name: str) -> list[str]:
+        """Tokens of a categorical feature in id order (token i has id i + 3)."""
+        if name not in self.vocabs_:
+            raise KeyError(f"{name!r} is not a categorical feature")
+        self._finalize()
+        return self.vocabs_[name].tokens_.to_pylist()
+
+    def boundaries(self, name: str) -> np.ndarray:
+        """Quantile boundaries of a continuous feature."""
+        self._finalize()
+        return self.quantiles_[name].boundaries_
+
+    def _ragged_cross(self, c: CrossSpec) -> bool:
+        return any(self._spec[n].multi_valued for n in c.columns)
+
+    # ---- fitting -----------------------------------------------------------------------------------------------------
+
+    def reset(self) -> "FeatureSet":
+        self.vocabs_ = {f.name: Vocabulary(f.min_count, f.max_size) for f in self.features if f.type == "categorical"}
+        self.quantiles_ = {f.name: Quantiles(f.quantiles) for f in self.features if f.type == "continuous"}
+        self.rows_, self.info_, self._dirty = 0, {}, True
+        return self
+
+    def fit(self, batches: Iterable[pa.Table | pa.RecordBatch] | pa.Table | pa.RecordBatch) -> "FeatureSet":
+        self.reset()
+        for b in [batches] if isinstance(batches, (pa.Table, pa.RecordBatch)) else batches:
+            self.partial_fit(b)
+        self._finalize()
+        return self
+
+    def partial_fit(self, batch: pa.Table | pa.RecordBatch) -> "FeatureSet":
+        """Add one batch's statistics (label values are checked here too, so bad labels fail in the first pass)."""
+        self._check_columns(batch)
+        if self.label and self.label in batch.column_names:
+            C.as_label(batch.column(self.label), self.label)
+        for f in self.features:
+            col = batch.column(f.source)
+            if f.type == "categorical":
+                s = C.as_lists(col, f.source, f.delimiter).elements if f.multi_valued else C.as_strings(col, f.source)
+                self.vocabs_[f.name].partial_fit(s.dictionary, s.indices[s.indices >= 0])
+            elif f.type == "continuous":
+                x = C.as_floats(col, f.source)
+                ok = ~np.isnan(x)
+                self.quantiles_[f.name].partial_fit(x[ok], nulls=len(x) - int(ok.sum()))
+            elif f.multi_valued:
+                C.as_lists(col, f.source, f.delimiter)  # hashed: nothing to learn, but check the dtype in this pass
+            else:
+                C.as_strings(col, f.source)
+        self.rows_ += batch.num_rows
+        self._dirty = True
+        return self
+
+    def merge(self, other: "FeatureSet") -> "FeatureSet":
+        """Add the statistics another FeatureSet (same specs) gathered on another part of the data."""
+        if (self.features, self.crosses, self.label) != (other.features, other.crosses, other.label):
+            raise ValueError("cannot merge FeatureSets with different features, crosses or label")
+        for name, v in self.vocabs_.items():
+            v.merge(other.vocabs_[name])
+        for name, q in self.quantiles_.items():
+            q.merge(other.quantiles_[name])
+        self.rows_ += other.rows_
+        self._dirty = True
+        return self
+
+    def _finalize(self) -> None:
+        if self._dirty:
+            for v in self.vocabs_.values():
+                v.finalize()
+            for q in self.quantiles_.values():
+                q.finalize()
+            self._dirty = False
+
+    # ---- transforming ------------------------------------------------------------------------------------------------
+
+    def _check_columns(self, table: pa.Table | pa.RecordBatch) -> None:
+        have = set(table.column_names)
+        for name in self.input_columns:
+            if name not in have:
+                raise FeatureError(name, f"missing column {name!r} (columns: {sorted(have)})")
+
+    def transform(self, table: pa.Table | pa.RecordBatch) -> Encoded:
+        """Encode rows (label included when the label column is present)."""
+        self._finalize()
+        self._check_columns(table)
+        cols = {f.name: self._encode(f, table.column(f.source)) for f in self.features}
+        label = None
+        if self.label and self.label in table.column_names:
+            label = C.as_label(table.column(self.label), self.label)
+        return self._assemble(cols, table.num_rows, label)
+
+    def transform_records(self, records: Sequence[Mapping[str, Any]], strict: bool = True) -> Encoded:
+        """The serving path: records (field -> value) through the same transform; no label."""
+        self._finalize()
+        return self._assemble(self._encode_records(records, self.features, strict), len(records), None)
+
+    def transform_request(
+        self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]], strict: bool = True
+    ) -> Encoded:
+        """A ranking request: context features encoded once and broadcast over the candidates.
+
+        Equals `transform_records([{**context, **c} for c in candidates])`; a field present in the first candidate is
+        read from every candidate, any other from the context.
+        """
+        self._finalize()
+        n = len(candidates)
+        own = set(candidates[0]) if n else set()
+        ctx = [f for f in self.features if f.source not in own]
+        cand = [f for f in self.features if f.source in own]
+        cols = {k: c.repeat(n) for k, c in self._encode_records([context], ctx, strict).items()}
+        cols.update(self._encode_records(candidates, cand, strict))
+        return self._assemble(cols, n, None)
+
+    def _encode_records(self, records: Sequence[Mapping[str, Any]], feats: Sequence[FeatureSpec], strict: bool) -> dict:
+        kinds = {}
+        for f in feats:
+            kinds[f.source] = "float" if f.type == "continuous" else "list" if f.multi_valued else "string"
+        table = C.from_records(records, kinds, strict)
+        return {f.name: self._encode(f, table.column(f.source)) for f in feats}
+
+    def _encode(self, f: FeatureSpec, col: pa.ChunkedArray | pa.Array) -> _Col:
+        """Ids (and dense values, and token hashes when a cross needs them) of one feature."""
+        want_tokens = f.name in self._in_cross
+        if f.type == "continuous":
+            x = C.as_floats(col, f.source)
+            null = np.isnan(x)
+            q = self.quantiles_[f.name]
+            i = q.bucketize(x)
+            ids = np.where(null, 1, i + 2).astype(np.int32)
+            value = np.where(null, np.float32(0), q.normalize(i)).astype(np.float32)
+            tokens = Tokens(hash_ints(i, _BUCKET_SALT), None, null) if want_tokens else None
+            return _Col(ids, None, (value, null.astype(np.float32)), tokens)
+        if f.multi_valued:
+            lists = C.as_lists(col, f.source, f.delimiter)
+            s, offsets = lists.elements, lists.offsets
+        else:
+            s, offsets = C.as_strings(col, f.source), None
+        h = hash_strings(s.dictionary)
+        uniq = self.vocabs_[f.name].lookup(s.dictionary, h) if f.type == "categorical" else bucket(h, f.buckets)
+        empty = C.empty_entries(s.dictionary)
+        if offsets is None:
+            if empty is not None:
+                uniq[empty] = 1
+            valid = s.indices >= 0
+            idx = np.where(valid, s.indices, 0)
+            ids = np.where(valid, uniq[idx] if len(uniq) else 1, 1).astype(np.int32)
+            tokens = None
+            if want_tokens:
+                null = ids == 1
+                tokens = Tokens(h[idx] if len(h) else np.zeros(len(idx), np.uint64), None, null)
+            return _Col(ids, None, None, tokens)
+        ids, out_off = fill_rows(uniq[s.indices], offsets, lists.null, np.int32(1))
+        tokens = Tokens(h[s.indices], offsets, lists.null) if want_tokens else None
+        return _Col(ids.astype(np.int32, copy=False), out_off, None, tokens)
+
+    def _assemble(self, cols: dict[str, _Col], n: int, label: np.ndarray | None) -> Encoded:
+        for c in self.crosses:
+            out = cross([cols[name].tokens for name in c.columns], c.buckets)
+            cols[c.name] = _Col(out, None) if isinstance(out, np.ndarray) else _Col(out[0], out[1])
+        slots = self.id_slots
+        ids = np.empty((n, len(slots)), np.int32)
+        for j, name in enumerate(slots):
+            ids[:, j] = cols[name].ids
+        dense_cols = [cols[f.name].dense for f in self.features if f.type == "continuous"]
+        dense = np.empty((n, 2 * len(dense_cols)), np.float32)
+        for j, (value, null) in enumerate(dense_cols):
+            dense[:, 2 * j], dense[:, 2 * j + 1] = value, null
+        lists = {name: (cols[name].ids, cols[name].offsets) for name in self.list_slots}
+        return Encoded(ids=ids, dense=dense, lists=lists, label=label)
+
+    # ---- persistence -------------------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        self._finalize()
+        feats = []
+        for f in self.features:
+            d = asdict(f)
+            if f.type == "categorical":
+                d["vocabulary"] = self.vocabs_[f.name].to_dict()
+            elif f.type == "continuous":
+                d["quantiles_state"] = self.quantiles_[f.name].to_dict()
+            feats.append(d)
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "hash": {"algorithm": ALGORITHM, "id": "3 + hash % buckets", "numbers": "hashed as their decimal string"},
+            "label": self.label,
+            "rows": self.rows_,
+            "info": self.info_,
+            "id_slots": list(self.id_slots),
+            "list_slots": list(self.list_slots),
+            "dense_names": list(self.dense_names),
+            "features": feats,
+            "crosses": [{"name": c.name, "columns": list(c.columns), "buckets": c.buckets} for c in self.crosses],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "FeatureSet":
+        if not isinstance(d, Mapping) or d.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} document")
+        if d.get("version") != VERSION:
+            raise ValueError(f"unsupported version {d.get('version')!r} (this widedeep reads version {VERSION})")
+        if d.get("hash", {}).get("algorithm") != ALGORITHM:
+            raise ValueError(f"hash algorithm {d.get('hash', {}).get('algorithm')!r} is not {ALGORITHM!r}")
+        known = {f.name for f in fields(FeatureSpec)}
+        specs, states = [], {}
+        for item in d["features"]:
+            item = dict(item)
+            states[item["name"]] = (item.pop("vocabulary", None), item.pop("quantiles_state", None))
+            extra = set(item) - known
+            if extra:
+                raise ValueError(f"feature {item.get('name')!r} has unknown keys {sorted(extra)}")
+            specs.append(FeatureSpec(**item))
+        crosses = [CrossSpec(c["name"], tuple(c["columns"]), int(c["buckets"])) for c in d["crosses"]]
+        fs = cls(specs, crosses, d.get("label"))
+        for f in specs:
+            vocab, quant = states[f.name]
+            if f.type == "categorical":
+                fs.vocabs_[f.name] = Vocabulary.from_dict(vocab, f.min_count, f.max_size)
+            elif f.type == "continuous":
+                fs.quantiles_[f.name] = Quantiles.from_dict(quant, f.quantiles)
+        fs.rows_, fs.info_, fs._dirty = int(d.get("rows", 0)), dict(d.get("info", {})), False
+        return fs
+
+    def save(self, path: str | Path) -> Path:
+        """Write features.json atomically (temp file, then rename)."""
+        path = Path(path)
+        text = json.dumps(self.to_dict(), indent=1, ensure_ascii=False)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureSet":
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read feature set: {e.strerror or e}") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: corrupt or incompatible feature set: {e}") from None
