@@ -93,3 +93,56 @@ def test_large_sketched_parts_merge_to_boundaries_at_the_right_ranks() -> None:
     ranks = np.searchsorted(np.sort(values), bounds, side="right") / len(values)
     # Documented tolerance: the KLL (k=2000) normalized rank error, ~0.14% at 99% confidence; allow 0.5%.
     np.testing.assert_allclose(ranks, np.arange(1, 20) / 20, atol=0.005)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A real 2-process `torchrun -m widedeep prepare`
+
+
+def _concat_split(prepared: Path, split: str) -> dict[str, np.ndarray]:
+    from widedeep.batch import Batch
+    from widedeep.features.shards import open_split
+
+    batches = [Batch.from_encoded(e, np.arange(len(e))) for e in open_split(prepared, split)]
+    out = {"ids": np.concatenate([b.ids.numpy() for b in batches]), "dense": np.concatenate([b.dense.numpy() for b in batches])}
+    out["label"] = np.concatenate([b.label.numpy() for b in batches])
+    for name in batches[0].lists:
+        out[name] = np.concatenate([b.lists[name].numpy()[:, :1] for b in batches])  # first element of each row's list
+        out[name + "_n"] = np.concatenate([(b.lists[name].numpy() > 0).sum(1) for b in batches])
+    return out
+
+
+def test_torchrun_prepare_equals_single_process(tiny_config: Path, tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from widedeep.features.prepare import prepare
+    from test_distributed_sync import free_port
+
+    table = pq.read_table(tiny_config.parent / "train.parquet")
+    (tmp_path / "train").mkdir()
+    for i, (a, b) in enumerate([(0, 700), (700, 1400), (1400, 2000)]):
+        pq.write_table(table.slice(a, b - a), tmp_path / "train" / f"part-{i}.parquet")
+    pq.write_table(pq.read_table(tiny_config.parent / "eval.parquet"), tmp_path / "eval.parquet")
+    text = tiny_config.read_text().replace('train = "train.parquet"', 'train = "train"')
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.toml").write_text(text.replace("[data]", f'[data]\nprepared = "{name}"'))
+
+    prepare(load(tmp_path / "one.toml"), verbose=False)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
+           "-m", "widedeep", "prepare", str(tmp_path / "two.toml")]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert json.loads((two / "features.json").read_text()) == json.loads((one / "features.json").read_text())
+    manifest = json.loads((two / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["rows"] == 2000 and manifest["ranks"] == 2
+    assert len(manifest["splits"]["train"]["shards"]) == 3  # one shard per file here, written by both ranks
+    for split in ("train", "eval"):
+        a, b = _concat_split(one, split), _concat_split(two, split)
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{split} {k}")

@@ -11,6 +11,16 @@ from widedeep.config import ConfigError, load
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    from widedeep.train.distributed import env_world
+
+    if env_world() > 1:  # under torchrun: every rank fits and encodes its part of the files
+        from widedeep.features.distributed import prepare_distributed
+        from widedeep.train.distributed import setup, teardown
+
+        setup("cpu")
+        prepare_distributed(load(args.config), force=args.force)
+        teardown()
+        return 0
     from widedeep.features.prepare import prepare
 
     prepare(load(args.config), force=args.force)

@@ -10,8 +10,13 @@ never pickled.
 from __future__ import annotations
 
 import json
+import shutil
 import struct
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +24,11 @@ import torch
 import torch.distributed as dist
 from datasketches import kll_doubles_sketch
 
+from widedeep.config import Config
+from widedeep.features.io import iter_batches
+from widedeep.features.prepare import SPLITS, _inputs, _read_types, _swap, check_inputs, fingerprint, fit, is_fresh, prepare
 from widedeep.features.quantile import Quantiles
+from widedeep.features.shards import write_shard
 from widedeep.features.transform import FeatureSet
 from widedeep.features.vocab import Vocabulary
 
@@ -134,10 +143,106 @@ def all_gather_bytes(blob: bytes) -> list[bytes]:
     return [o[: int(s.item())].cpu().numpy().tobytes() for o, s in zip(out, sizes)]
 
 
-def merge_ranks(fs: FeatureSet) -> FeatureSet:
-    """Merge every rank's partial statistics (in rank order) into a new FeatureSet, identical on every rank, unfinalized."""
-    parts = all_gather_bytes(pack_stats(fs))
+# ----------------------------------------------------------------------------------------------------------------------
+# The distributed `prepare`
+
+
+def _agree_bytes(fn: Callable[[], bytes]) -> list[bytes]:
+    """Run `fn` on every rank and all-gather its bytes; if it raised on any rank, raise on every rank (naming the rank)
+    instead of leaving the others waiting in the next collective."""
+    rank, _ = world()
+    try:
+        blob = b"\x00" + fn()
+    except Exception as e:  # re-raised below, on every rank
+        blob = b"\x01" + f"rank {rank}: {type(e).__name__}: {e}".encode()
+    parts = all_gather_bytes(blob)
+    errors = [p[1:].decode() for p in parts if p[:1] == b"\x01"]
+    if errors:
+        raise ValueError("distributed prepare failed: " + "; ".join(errors))
+    return [p[1:] for p in parts]
+
+
+def _agree(fn: Callable[[], Any]) -> list[Any]:
+    """`_agree_bytes` for JSON-able results."""
+    return [json.loads(b) for b in _agree_bytes(lambda: json.dumps(fn()).encode())]
+
+
+def _encode_files(fs: FeatureSet, paths: Sequence[tuple[int, Path]], out: Path) -> list[str]:
+    """Encode each (global file index, path) into shards `part-<file>-<batch>`: names sort in the one-process row order."""
+    names = []
+    for k, path in paths:
+        batches = iter_batches([path], [*fs.input_columns, fs.label], types=_read_types(fs), dictionary=True)
+        for i, batch in enumerate(batches):
+            write_shard(out / f"part-{k:05d}-{i:05d}", fs.transform(batch))
+            names.append(f"{out.name}/part-{k:05d}-{i:05d}")
+    return names
+
+
+def prepare_distributed(cfg: Config, force: bool = False, verbose: bool = True) -> Path:
+    """`prepare` run by every rank of a torchrun job (a plain `prepare` for one process).
+
+    Rank r checks, fits and encodes files r, r + world, ...; the fitted statistics are merged on every rank; rank 0
+    writes features.json and manifest.json (listing every rank's shards) and swaps the folder in once all are done.
+    """
+    rank, size = world()
+    if size == 1:
+        return prepare(cfg, force=force, verbose=verbose)
+    out = cfg.prepared_dir
+    fresh = _agree(lambda: bool(not force and is_fresh(cfg)))[0]
+    if fresh:
+        if verbose and rank == 0:
+            print(f"prepare: {out} is up to date")
+        return out
+    start = time.perf_counter()
+    inputs = _inputs(cfg)
+    mine = {s: [(k, p) for k, p in enumerate(inputs[s]) if k % size == rank] for s in SPLITS}
+    fs = FeatureSet.from_config(cfg)
+    rows = _agree(lambda: check_inputs(fs, {s: [p for _, p in mine[s]] for s in SPLITS}))
+    parts = _agree_bytes(lambda: pack_stats(fit(cfg, rank, size)))
     merged = FeatureSet(fs.features, fs.crosses, fs.label)
     for blob in parts:
         merged.merge(unpack_stats(blob, fs))
-    return merged
+    fp = fingerprint(cfg)
+    merged.info_ = {"fingerprint": fp, "train_files": [str(p) for p in inputs["train"]]}
+
+    def make_work() -> str:
+        if rank != 0:
+            return ""
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        work.chmod(0o755)
+        merged.save(work / "features.json")
+        return str(work)
+
+    work = Path(_agree(make_work)[0])
+    try:
+        shards = _agree(lambda: {s: _encode_files(merged, mine[s], work / s) for s in SPLITS if inputs[s]})
+
+        def finish() -> None:
+            if rank != 0:
+                return
+            splits = {
+                s: {"rows": sum(r[s] for r in rows), "shards": sorted(n for per in shards for n in per[s])}
+                for s in SPLITS if inputs[s]
+            }  # fmt: skip
+            manifest = {
+                "fingerprint": fp,
+                "features": "features.json",
+                "id_slots": list(merged.id_slots),
+                "list_slots": list(merged.list_slots),
+                "dense_names": list(merged.dense_names),
+                "splits": splits,
+                "ranks": size,
+            }
+            (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
+            _swap(work, out)
+
+        _agree(finish)
+    except BaseException:
+        if rank == 0:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    if verbose and rank == 0:
+        n = sum(r["train"] for r in rows)
+        print(f"prepare: {n} train rows on {size} ranks in {time.perf_counter() - start:.1f}s -> {out}")
+    return out
