@@ -173,6 +173,12 @@ def run_fingerprint(cfg: Config, data_fingerprint: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def data_fingerprint(fs: Any) -> str:
+    """The prepare fingerprint (feature config + input files) recorded in the FeatureSet, "" when it has none."""
+    info = getattr(fs, "info_", None) or {}
+    return str(info.get("fingerprint", "") or getattr(fs, "fingerprint", "") or "")
+
+
 def step_seed(seed: int, step: int) -> int:
     """The torch seed of training step `step`: random ops (dropout) depend only on (seed, step), so resuming replays them."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{step}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
@@ -213,7 +219,7 @@ def _prepared(cfg: Config, progress: bool) -> Path:
         return cfg.prepared_dir
     if progress:
         print(f"widedeep train: encoded data in {cfg.prepared_dir} is missing or stale; running prepare", file=sys.stderr)
-    return Path(prepare(cfg))
+    return Path(prepare(cfg, verbose=progress))
 
 
 def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
@@ -273,7 +279,7 @@ def fit(
     tc = cfg.train
     dev = resolve_device(tc.device if device == "auto" else device)
     ckpt_dir, model_dir = cfg.out_dir / "checkpoints", cfg.out_dir / "model"
-    fingerprint = run_fingerprint(cfg, str(getattr(fs, "fingerprint", "")))
+    fingerprint = run_fingerprint(cfg, data_fingerprint(fs))
     eval_shards = [s for s in eval_shards if len(s)]
     if tc.early_stopping and not eval_shards:
         raise ValueError(f"{cfg.path}: [train] early_stopping = {tc.early_stopping} needs eval data ([data] eval is empty)")
