@@ -195,8 +195,8 @@ def _batches(data: str | Path | pa.Table) -> Iterable[pa.Table]:
     if isinstance(data, (str, Path)):
         from widedeep.features.io import iter_batches, resolve_paths
 
-        for rb in iter_batches(resolve_paths([str(data)]), batch_size=PREDICT_BATCH):
-            yield pa.Table.from_batches([rb]) if isinstance(rb, pa.RecordBatch) else rb
+        for rb in iter_batches(resolve_paths(str(data), Path.cwd()), batch_rows=PREDICT_BATCH):
+            yield pa.Table.from_batches([rb])
         return
     table = to_table(data)
     for i in range(0, table.num_rows, PREDICT_BATCH):
