@@ -1,0 +1,150 @@
+"""The training loop end to end on the tiny log: layout, metrics, determinism, stale-data prepare, early stopping, bf16."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from widedeep.cli import main
+from widedeep.config import Config, load
+from widedeep.train.loop import cpu_has_native_bf16, cpu_threads, resolve_device, train, use_bf16
+from conftest import make_log
+
+
+def variant(tiny_config: Path, out: Path, **train_changes) -> Config:
+    cfg = load(tiny_config)
+    return replace(cfg, data=replace(cfg.data, prepared=str(cfg.prepared_dir)), train=replace(cfg.train, out=str(out), **train_changes))
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_layout_metrics_and_artifact(tiny_model: Path) -> None:
+    out = tiny_model.parent
+    assert tiny_model == out / "model"
+    assert {"features.json", "model.safetensors", "model.json", "optimizer.safetensors"} <= {p.name for p in tiny_model.iterdir()}
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000000016", "step-000000032"]  # 2 epochs x 16 batches
+
+    lines = records(out)
+    evals = [r for r in lines if r["split"] == "eval"]
+    trains = [r for r in lines if r["split"] == "train"]
+    assert [r["step"] for r in evals] == [16, 32] and [r["epoch"] for r in evals] == [0, 1]
+    for r in evals:
+        assert {"auc", "logloss", "calibration", "loss", "time"} <= r.keys() and r["examples"] == 500
+        assert 0.0 <= r["auc"] <= 1.0 and r["loss"] == r["logloss"]
+    for r in trains:
+        assert r["loss"] > 0 and r["examples_per_s"] > 0
+    assert trains[-1]["loss"] < trains[0]["loss"]  # it learns the training data
+
+    m = json.loads((tiny_model / "model.json").read_text())["metrics"]
+    assert m["eval"]["auc"] == evals[-1]["auc"] and m["steps"] == 32 and m["examples"] == 4000
+    assert m["examples_per_s"] > 0 and m["train_seconds"] > 0 and 0.0 <= m["wide_sparsity"] <= 1.0
+    assert m["device"] == "cpu" and m["bf16"] is use_bf16("auto", torch.device("cpu"))
+
+
+def test_the_saved_model_scores_eval_data_as_training_reported(tiny_model: Path, tiny_config: Path) -> None:
+    from widedeep.artifact import Model
+
+    m = Model.load(tiny_model).evaluate(pq.read_table(tiny_config.parent / "eval.parquet"))
+    reported = json.loads((tiny_model / "model.json").read_text())["metrics"]["eval"]
+    assert m["auc"] == pytest.approx(reported["auc"], abs=1e-9)
+    assert m["logloss"] == pytest.approx(reported["logloss"], rel=1e-5)
+
+
+def test_fixed_seed_is_deterministic(tiny_config: Path, tiny_model: Path, tmp_path: Path) -> None:
+    again = train(variant(tiny_config, tmp_path / "a"), progress=False)
+    a, b = load_file(str(tiny_model / "model.safetensors")), load_file(str(again / "model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    other = train(variant(tiny_config, tmp_path / "b", seed=7), progress=False)
+    c = load_file(str(other / "model.safetensors"))
+    assert not torch.equal(a["deep.mlp.layers.0.weight"], c["deep.mlp.layers.0.weight"])
+
+
+def test_stale_encoded_data_is_prepared_again(tiny_config: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(tiny_config.parent, root, ignore=shutil.ignore_patterns("run"))
+    cfg = replace(load(root / "config.toml"), train=replace(load(root / "config.toml").train, epochs=1))
+    train(cfg, progress=False)
+    manifest = json.loads((cfg.prepared_dir / "manifest.json").read_text())
+    pq.write_table(make_log(1000, seed=9), root / "train.parquet")  # new data: the fingerprint changes
+    model_dir = train(cfg, progress=False)
+    fresh = json.loads((cfg.prepared_dir / "manifest.json").read_text())
+    assert fresh["fingerprint"] != manifest["fingerprint"] and fresh["splits"]["train"]["rows"] == 1000
+    assert json.loads((model_dir / "model.json").read_text())["metrics"]["examples"] == 1000
+
+
+def test_eval_every_and_max_steps(tiny_config: Path, tmp_path: Path) -> None:
+    train(variant(tiny_config, tmp_path, eval_every=5, checkpoint_every=4), progress=False, max_steps=13)
+    steps = [r["step"] for r in records(tmp_path) if r["split"] == "eval"]
+    assert steps == [5, 10, 13]  # every 5 steps, plus the stopping point
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000000012", "step-000000013"]
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())["metrics"]
+    assert meta["steps"] == 13 and meta["loop"]["epoch"] == 0 and meta["loop"]["batch"] == 13
+
+
+def test_early_stopping_keeps_the_best_weights(tiny_config: Path, tmp_path: Path) -> None:
+    model_dir = train(variant(tiny_config, tmp_path, epochs=30, eval_every=4, early_stopping=2), progress=False)
+    m = json.loads((model_dir / "model.json").read_text())["metrics"]
+    evals = [r for r in records(tmp_path) if r["split"] == "eval"]
+    best = max(evals, key=lambda r: r["auc"])
+    assert m["early_stopping"]["stopped"] and m["steps"] < 30 * 16
+    assert m["early_stopping"]["best_step"] == best["step"]
+    assert m["eval"]["auc"] == pytest.approx(best["auc"], abs=1e-12)  # the saved weights are the best evaluation's
+    assert evals[-1]["step"] > best["step"]
+
+
+def test_bf16_on_cpu_trains(tiny_config: Path, tmp_path: Path) -> None:
+    model_dir = train(variant(tiny_config, tmp_path, epochs=1, bf16="on"), progress=False)
+    m = json.loads((model_dir / "model.json").read_text())["metrics"]
+    assert m["bf16"] is True and np.isfinite(m["eval"]["logloss"])
+    w = load_file(str(model_dir / "model.safetensors"))
+    assert all(t.dtype == torch.float32 for t in w.values())  # autocast computes in bf16, keeps fp32 weights
+
+
+def test_bf16_rule_and_device_resolution() -> None:
+    cpu = torch.device("cpu")
+    assert use_bf16("on", cpu) and not use_bf16("off", cpu)
+    assert use_bf16("auto", cpu) == cpu_has_native_bf16()
+    with pytest.raises(ValueError, match="'auto', 'on' or 'off'"):
+        use_bf16("maybe", cpu)
+    assert resolve_device("cpu") == cpu
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="got 'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_one_thread_for_small_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    small = torch.nn.Sequential()
+    small.mlp = torch.nn.Linear(8, 8)
+    big = torch.nn.Module()
+    big.mlp = torch.nn.Linear(1024, 1024)
+    assert cpu_threads(small, 256) == 1
+    assert cpu_threads(big, 1024) == torch.get_num_threads()
+
+
+def test_cli_train_and_errors(tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    text = tiny_config.read_text().replace('out = "run"', f'out = "{tmp_path / "cli"}"').replace("epochs = 2", "epochs = 1")
+    text = text.replace("[data]", f'[data]\nprepared = "{load(tiny_config).prepared_dir}"')
+    (tmp_path / "c.toml").write_text(text.replace('"train.parquet"', f'"{tiny_config.parent / "train.parquet"}"').replace(
+        '"eval.parquet"', f'"{tiny_config.parent / "eval.parquet"}"'
+    ))  # fmt: skip
+    assert main(["train", str(tmp_path / "c.toml"), "--device", "cpu"]) == 0
+    assert (tmp_path / "cli" / "model" / "model.json").is_file()
+    capsys.readouterr()
+    shutil.rmtree(tmp_path / "cli" / "checkpoints")
+    assert main(["train", str(tmp_path / "c.toml"), "--resume"]) == 2
+    assert "no checkpoint in" in capsys.readouterr().err
