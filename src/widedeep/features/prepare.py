@@ -15,7 +15,8 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
@@ -27,6 +28,7 @@ from widedeep.features.shards import write_shard
 from widedeep.features.transform import VERSION, FeatureSet
 
 SPLITS = ("train", "eval")
+CACHE_BYTES = 1 << 30
 
 
 def _inputs(cfg: Config) -> dict[str, list[Path]]:
@@ -108,26 +110,52 @@ def _check_dtype(f, dtype: pa.DataType, path: Path) -> None:
         raise FeatureError(f.source, f"{path}: {e}") from None
 
 
-def fit(cfg: Config, rank: int = 0, world: int = 1) -> FeatureSet:
+def fit(cfg: Config, rank: int = 0, world: int = 1, pool: Executor | None = None) -> FeatureSet:
     """Fit a FeatureSet on the training files `rank::world` (world > 1: one part of a distributed fit, to `merge`)."""
     fs = FeatureSet.from_config(cfg)
-    paths = _inputs(cfg)["train"][rank::world]
-    for batch in iter_batches(paths, [*fs.input_columns, fs.label], types=_read_types(fs), dictionary=True):
-        fs.partial_fit(batch)
+    for batch in _batches(fs, _inputs(cfg)["train"][rank::world]):
+        fs.partial_fit(batch, pool)
     return fs
 
 
-def _encode(fs: FeatureSet, paths: Sequence[Path], out: Path) -> list[str]:
-    names = []
-    batches = iter_batches(paths, [*fs.input_columns, fs.label], types=_read_types(fs), dictionary=True)
-    for i, batch in enumerate(batches):
-        write_shard(out / f"part-{i:05d}", fs.transform(batch))
-        names.append(f"{out.name}/part-{i:05d}")
+def _batches(fs: FeatureSet, paths: Sequence[Path]) -> Iterator[pa.RecordBatch]:
+    return iter_batches(paths, [*fs.input_columns, fs.label], types=_read_types(fs), dictionary=True)
+
+
+def _fit_caching(fs: FeatureSet, paths: Sequence[Path], pool: Executor, cache_bytes: int) -> list | None:
+    """Fit on `paths`, keeping the batches read (dictionary-encoded) while they fit in `cache_bytes`, so the encode
+    pass need not read the files again. Returns the batches, or None when they did not fit."""
+    cache: list | None = []
+    size = 0
+    for batch in _batches(fs, paths):
+        fs.partial_fit(batch, pool)
+        if cache is not None:
+            size += batch.nbytes
+            cache = cache + [batch] if size <= cache_bytes else None
+    return cache
+
+
+def _encode(fs: FeatureSet, batches: Iterable[pa.RecordBatch], out: Path, pool: Executor) -> list[str]:
+    """Encode batches into shards out/part-00000, ...; each shard is written while the next batch is encoded."""
+    names: list[str] = []
+    with ThreadPoolExecutor(1) as writer:
+        pending: Future | None = None
+        for i, batch in enumerate(batches):
+            enc = fs.transform(batch, pool)
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(write_shard, out / f"part-{i:05d}", enc)
+            names.append(f"{out.name}/part-{i:05d}")
+        if pending is not None:
+            pending.result()
     return names
 
 
-def prepare(cfg: Config, force: bool = False, verbose: bool = True) -> Path:
-    """Fit features on the training data and encode train/eval into `cfg.prepared_dir` (skipped when fresh)."""
+def prepare(cfg: Config, force: bool = False, verbose: bool = True, cache_bytes: int = CACHE_BYTES) -> Path:
+    """Fit features on the training data and encode train/eval into `cfg.prepared_dir` (skipped when fresh).
+
+    Training batches read by the fit pass are kept in memory up to `cache_bytes` and encoded from there; larger
+    data is read again, so memory stays bounded by the cache plus a few batches."""
     out = cfg.prepared_dir
     if not force and is_fresh(cfg):
         if verbose:
@@ -142,10 +170,16 @@ def prepare(cfg: Config, force: bool = False, verbose: bool = True) -> Path:
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         work.chmod(0o755)
-        fs = fit(cfg)
-        fs.info_ = {"fingerprint": fp, "train_files": [str(p) for p in inputs["train"]]}
-        fs.save(work / "features.json")
-        splits = {s: {"rows": rows[s], "shards": _encode(fs, inputs[s], work / s)} for s in SPLITS if inputs[s]}
+        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+            cached = _fit_caching(fs, inputs["train"], pool, cache_bytes)
+            fs.info_ = {"fingerprint": fp, "train_files": [str(p) for p in inputs["train"]]}
+            fs.save(work / "features.json")
+            splits = {}
+            for s in SPLITS:
+                if inputs[s]:
+                    batches = cached if s == "train" and cached is not None else _batches(fs, inputs[s])
+                    splits[s] = {"rows": rows[s], "shards": _encode(fs, batches, work / s, pool)}
+                    cached = None if s == "train" else cached
         manifest = {
             "fingerprint": fp,
             "features": "features.json",

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from concurrent.futures import Executor
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +50,36 @@ class _Col:
             ids, off = repeat_ragged(self.ids, self.offsets, n)
         dense = None if self.dense is None else (np.repeat(self.dense[0], n), np.repeat(self.dense[1], n))
         return _Col(ids, off, dense, None if self.tokens is None else self.tokens.repeat(n))
+
+
+def _map(pool: Executor | None, fn: Callable, items: Sequence) -> list:
+    return list(pool.map(fn, items)) if pool is not None else [fn(x) for x in items]
+
+
+def _stack_columns(cols: list[np.ndarray], n: int, dtype) -> np.ndarray:
+    """(n, len(cols)) row-major matrix from columns, filled in row blocks that stay in cache (strided writes are slow)."""
+    out = np.empty((n, len(cols)), dtype)
+    for r in range(0, n, 4096):
+        block = out[r : r + 4096]
+        for j, c in enumerate(cols):
+            block[:, j] = c[r : r + 4096]
+    return out
+
+
+def _dumps(doc: dict) -> str:
+    """Indented JSON whose long flat lists (tokens, counts, boundaries) sit on one line each; fast and still readable."""
+    flat: list[str] = []
+
+    def strip(o: Any) -> Any:
+        if isinstance(o, dict):
+            return {k: strip(v) for k, v in o.items()}
+        if isinstance(o, list) and o and not isinstance(o[0], (dict, list)):
+            flat.append(json.dumps(o, ensure_ascii=False))
+            return f"\x00{len(flat) - 1}"
+        return [strip(v) for v in o] if isinstance(o, list) else o
+
+    text = json.dumps(strip(doc), indent=1, ensure_ascii=False)
+    return re.sub(r'"\\u0000(\d+)"', lambda m: flat[int(m.group(1))], text)
 
 
 class FeatureSet:
@@ -136,27 +168,29 @@ class FeatureSet:
         self._finalize()
         return self
 
-    def partial_fit(self, batch: pa.Table | pa.RecordBatch) -> "FeatureSet":
-        """Add one batch's statistics (label values are checked here too, so bad labels fail in the first pass)."""
+    def partial_fit(self, batch: pa.Table | pa.RecordBatch, pool: Executor | None = None) -> "FeatureSet":
+        """Add one batch's statistics (label values are checked here too, so bad labels fail in the first pass).
+        With `pool`, features are processed in parallel threads (Arrow and numpy release the GIL)."""
         self._check_columns(batch)
         if self.label and self.label in batch.column_names:
             C.as_label(batch.column(self.label), self.label)
-        for f in self.features:
-            col = batch.column(f.source)
-            if f.type == "categorical":
-                s = C.as_lists(col, f.source, f.delimiter).elements if f.multi_valued else C.as_strings(col, f.source)
-                self.vocabs_[f.name].partial_fit(s.dictionary, s.indices[s.indices >= 0])
-            elif f.type == "continuous":
-                x = C.as_floats(col, f.source)
-                ok = ~np.isnan(x)
-                self.quantiles_[f.name].partial_fit(x[ok], nulls=len(x) - int(ok.sum()))
-            elif f.multi_valued:
-                C.as_lists(col, f.source, f.delimiter)  # hashed: nothing to learn, but check the dtype in this pass
-            else:
-                C.as_strings(col, f.source)
+        _map(pool, lambda f: self._fit_feature(f, batch.column(f.source)), self.features)
         self.rows_ += batch.num_rows
         self._dirty = True
         return self
+
+    def _fit_feature(self, f: FeatureSpec, col: pa.Array | pa.ChunkedArray) -> None:
+        if f.type == "categorical":
+            s = C.as_lists(col, f.source, f.delimiter).elements if f.multi_valued else C.as_strings(col, f.source)
+            self.vocabs_[f.name].partial_fit(s.dictionary, s.indices[s.indices >= 0])
+        elif f.type == "continuous":
+            x = C.as_floats(col, f.source)
+            ok = ~np.isnan(x)
+            self.quantiles_[f.name].partial_fit(x[ok], nulls=len(x) - int(ok.sum()))
+        elif f.multi_valued:
+            C.as_lists(col, f.source, f.delimiter)  # hashed: nothing to learn, but check the dtype in this pass
+        else:
+            C.as_strings(col, f.source)
 
     def merge(self, other: "FeatureSet") -> "FeatureSet":
         """Add the statistics another FeatureSet (same specs) gathered on another part of the data."""
@@ -186,11 +220,12 @@ class FeatureSet:
             if name not in have:
                 raise FeatureError(name, f"missing column {name!r} (columns: {sorted(have)})")
 
-    def transform(self, table: pa.Table | pa.RecordBatch) -> Encoded:
-        """Encode rows (label included when the label column is present)."""
+    def transform(self, table: pa.Table | pa.RecordBatch, pool: Executor | None = None) -> Encoded:
+        """Encode rows (label included when the label column is present); `pool` encodes features in parallel."""
         self._finalize()
         self._check_columns(table)
-        cols = {f.name: self._encode(f, table.column(f.source)) for f in self.features}
+        encoded = _map(pool, lambda f: self._encode(f, table.column(f.source)), self.features)
+        cols = {f.name: c for f, c in zip(self.features, encoded)}
         label = None
         if self.label and self.label in table.column_names:
             label = C.as_label(table.column(self.label), self.label)
@@ -248,13 +283,9 @@ class FeatureSet:
         if offsets is None:
             if empty is not None:
                 uniq[empty] = 1
-            valid = s.indices >= 0
-            idx = np.where(valid, s.indices, 0)
-            ids = np.where(valid, uniq[idx] if len(uniq) else 1, 1).astype(np.int32)
-            tokens = None
-            if want_tokens:
-                null = ids == 1
-                tokens = Tokens(h[idx] if len(h) else np.zeros(len(idx), np.uint64), None, null)
+            # A trailing sentinel lets index -1 (a null row) pick id 1 and hash 0 without a mask pass.
+            ids = np.append(uniq, np.int32(1))[s.indices]
+            tokens = Tokens(np.append(h, np.uint64(0))[s.indices], None, ids == 1) if want_tokens else None
             return _Col(ids, None, None, tokens)
         ids, out_off = fill_rows(uniq[s.indices], offsets, lists.null, np.int32(1))
         tokens = Tokens(h[s.indices], offsets, lists.null) if want_tokens else None
@@ -264,14 +295,9 @@ class FeatureSet:
         for c in self.crosses:
             out = cross([cols[name].tokens for name in c.columns], c.buckets)
             cols[c.name] = _Col(out, None) if isinstance(out, np.ndarray) else _Col(out[0], out[1])
-        slots = self.id_slots
-        ids = np.empty((n, len(slots)), np.int32)
-        for j, name in enumerate(slots):
-            ids[:, j] = cols[name].ids
+        ids = _stack_columns([cols[name].ids for name in self.id_slots], n, np.int32)
         dense_cols = [cols[f.name].dense for f in self.features if f.type == "continuous"]
-        dense = np.empty((n, 2 * len(dense_cols)), np.float32)
-        for j, (value, null) in enumerate(dense_cols):
-            dense[:, 2 * j], dense[:, 2 * j + 1] = value, null
+        dense = _stack_columns([x for pair in dense_cols for x in pair], n, np.float32)
         lists = {name: (cols[name].ids, cols[name].offsets) for name in self.list_slots}
         return Encoded(ids=ids, dense=dense, lists=lists, label=label)
 
@@ -332,7 +358,7 @@ class FeatureSet:
     def save(self, path: str | Path) -> Path:
         """Write features.json atomically (temp file, then rename)."""
         path = Path(path)
-        text = json.dumps(self.to_dict(), indent=1, ensure_ascii=False)
+        text = _dumps(self.to_dict())
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:

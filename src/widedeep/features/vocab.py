@@ -26,10 +26,32 @@ class Vocabulary:
         self.reset()
 
     def reset(self) -> "Vocabulary":
-        self.values_: pa.Array = _EMPTY  # distinct tokens seen so far (unordered while fitting)
-        self.counts_: np.ndarray = np.zeros(0, np.int64)
+        self._values: pa.Array = _EMPTY  # distinct tokens seen so far (unordered while fitting)
+        self._counts: np.ndarray = np.zeros(0, np.int64)
+        self._pending: list[tuple[pa.Array, np.ndarray]] = []  # batch counts not yet summed into _values/_counts
+        self._pending_n = 0
         self.tokens_: pa.Array | None = None  # final vocabulary in id order
         return self
+
+    @property
+    def values_(self) -> pa.Array:
+        self._compact()
+        return self._values
+
+    @values_.setter
+    def values_(self, values: pa.Array) -> None:
+        self._compact()
+        self._values = values
+
+    @property
+    def counts_(self) -> np.ndarray:
+        self._compact()
+        return self._counts
+
+    @counts_.setter
+    def counts_(self, counts: np.ndarray) -> None:
+        self._compact()
+        self._counts = counts
 
     def partial_fit(self, dictionary: pa.Array, indices: np.ndarray) -> "Vocabulary":
         """Add counts of a dictionary-encoded batch: `indices` (valid rows only) point into the string `dictionary`."""
@@ -49,12 +71,22 @@ class Vocabulary:
     def _add(self, values: pa.Array, counts: np.ndarray) -> None:
         if len(values) == 0:
             return
-        if len(self.values_):
-            values = pa.concat_arrays([self.values_, values.cast(pa.string())])
-            counts = np.concatenate([self.counts_, counts])
-        t = pa.table({"v": values.cast(pa.string()), "c": counts}).group_by("v").aggregate([("c", "sum")])
-        self.values_, self.counts_ = t["v"].combine_chunks(), t["c_sum"].to_numpy()
+        # Batches are summed in groups, not one by one: one group-by over many batches is much cheaper.
+        self._pending.append((values.cast(pa.string()), counts))
+        self._pending_n += len(values)
         self.tokens_ = None
+        if self._pending_n > max(1 << 21, 2 * len(self._values)):
+            self._compact()
+
+    def _compact(self) -> None:
+        if not self._pending:
+            return
+        parts = ([(self._values, self._counts)] if len(self._values) else []) + self._pending
+        self._pending, self._pending_n = [], 0
+        values = pa.concat_arrays([v for v, _ in parts])
+        counts = np.concatenate([c for _, c in parts])
+        t = pa.table({"v": values, "c": counts}).group_by("v").aggregate([("c", "sum")])
+        self._values, self._counts = t["v"].combine_chunks(), t["c_sum"].to_numpy()
 
     def finalize(self) -> "Vocabulary":
         """Drop tokens below `min_count`, order by (-count, value), keep at most `max_size`."""
