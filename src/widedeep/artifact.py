@@ -14,7 +14,7 @@ import platform
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +23,7 @@ import torch
 import widedeep
 from widedeep.batch import Batch
 from widedeep.config import Config, from_dict, to_dict
+from widedeep.features.encoded import Encoded
 from widedeep.metrics import binary_metrics
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def save_model(
             "architecture": model.architecture() if hasattr(model, "architecture") else {},
             "config": to_dict(cfg),
             "metrics": _json_safe(metrics),
-            "fingerprint": getattr(fs, "fingerprint", None),
+            "fingerprint": _fingerprint(fs),
             "versions": library_versions(),
             "files": {name: _file_record(tmp / name) for name in files},
         }
@@ -83,6 +84,12 @@ def save_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _fingerprint(fs: Any) -> str | None:
+    """The prepare fingerprint (feature config + input files) that the FeatureSet records, if any."""
+    info = getattr(fs, "info_", None) or {}
+    return info.get("fingerprint") or getattr(fs, "fingerprint", None)
 
 
 def library_versions() -> dict[str, str]:
@@ -250,7 +257,6 @@ class Model:
 
     # -- scoring --------------------------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def predict_logits(self, data: Any) -> np.ndarray:
         """Logits (N,) float32 for a pyarrow Table, pandas DataFrame or list of dicts (scored in batches)."""
         table = to_table(data)
@@ -264,10 +270,12 @@ class Model:
     def evaluate(self, data: str | Path | Any) -> dict[str, float]:
         """AUC, logloss and calibration on a file/glob/directory or an in-memory table that holds the label column."""
         labels, probs = [], []
-        for batch in self._iter(data):
-            labels.append(self._labels(batch))
-            with torch.inference_mode():
-                probs.append(_sigmoid(self._logits(batch)))
+        for table in self._iter(data, need_label=True):
+            enc = self.features.transform(table)
+            if enc.label is None:
+                raise ValueError(f"label column {self.label!r} not found in the data (columns: {table.column_names})")
+            labels.append(np.asarray(enc.label))
+            probs.append(_sigmoid(self._encoded_logits(enc)))
         if not labels:
             raise ValueError(f"{data}: no rows to evaluate")
         return binary_metrics(np.concatenate(labels), np.concatenate(probs))
@@ -284,8 +292,7 @@ class Model:
         writer = None
         try:
             for batch in self._iter(data_path):
-                with torch.inference_mode():
-                    cols = {"prediction": pa.array(_sigmoid(self._logits(batch)), pa.float32())}
+                cols = {"prediction": pa.array(_sigmoid(self._logits(batch)), pa.float32())}
                 if self.label in batch.column_names:
                     cols[self.label] = batch.column(self.label)
                 part = pa.table(cols)
@@ -308,32 +315,30 @@ class Model:
     # -- internals ------------------------------------------------------------------------------------------------
 
     def _logits(self, table: pa.Table) -> np.ndarray:
-        batch = Batch.from_encoded(self.features.transform(table)).to(self.device)
+        return self._encoded_logits(self.features.transform(table))
+
+    @torch.inference_mode()
+    def _encoded_logits(self, enc: Encoded) -> np.ndarray:
+        batch = Batch.from_encoded(enc).to(self.device)
         return self.module(batch).float().cpu().numpy().reshape(-1)
 
-    def _iter(self, data: Any) -> Iterable[pa.Table]:
-        """Tables of at most PREDICT_BATCH rows from a path (streamed) or an in-memory table."""
+    def _iter(self, data: Any, need_label: bool = False) -> Iterator[pa.Table]:
+        """Tables of at most PREDICT_BATCH rows from a file/glob/directory (streamed) or an in-memory table."""
         if isinstance(data, (str, Path)):
-            from widedeep.features.io import iter_batches, resolve_paths
+            from widedeep.features.io import iter_batches, resolve_paths, schema
 
-            for rb in iter_batches(resolve_paths([str(data)]), batch_size=PREDICT_BATCH):
-                yield pa.Table.from_batches([rb]) if isinstance(rb, pa.RecordBatch) else rb
+            paths = resolve_paths(str(data), Path.cwd())
+            columns = list(self.features.input_columns)
+            if need_label or self.label in schema(paths[0]).names:
+                columns.append(self.label)
+                if self.label not in schema(paths[0]).names:
+                    raise ValueError(f"{paths[0]}: label column {self.label!r} not found in the data")
+            for rb in iter_batches(paths, columns=columns, batch_rows=PREDICT_BATCH):
+                yield pa.Table.from_batches([rb])
             return
         table = to_table(data)
         for i in range(0, table.num_rows, PREDICT_BATCH):
             yield table.slice(i, PREDICT_BATCH)
-
-    def _labels(self, table: pa.Table) -> np.ndarray:
-        if self.label not in table.column_names:
-            raise ValueError(f"label column {self.label!r} not found in the data (columns: {table.column_names})")
-        col = table.column(self.label)
-        if col.null_count:
-            raise ValueError(f"label column {self.label!r} has {col.null_count} null values")
-        y = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
-        bad = ~np.isin(y, (0.0, 1.0))
-        if bad.any():
-            raise ValueError(f"label column {self.label!r} must hold 0/1 values, got {y[bad][0]!r}")
-        return y
 
 
 def to_table(data: Any) -> pa.Table:

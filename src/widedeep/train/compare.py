@@ -73,12 +73,9 @@ def eval_metrics(model_dir: Path, cfg: Config) -> dict[str, float]:
 
 
 def _evaluate_all(model: Any, cfg: Config) -> dict[str, float]:
-    import pyarrow as pa
-
     from widedeep.features.io import read_table, resolve_paths
 
-    paths = resolve_paths([str(cfg.resolve(p)) for p in cfg.data.eval])
-    return model.evaluate(pa.concat_tables([read_table(p) for p in paths]))
+    return model.evaluate(read_table(resolve_paths(list(cfg.data.eval), cfg.root)))
 
 
 def _find_eval(metrics: dict[str, Any]) -> dict[str, float] | None:
