@@ -12,6 +12,7 @@ from widedeep.config import ModelConfig, OptimizerConfig, TrainConfig
 from widedeep.model import WideDeep
 from widedeep.optim import FTRL, LazyAdam, build_optimizers, check_groups, make_optimizer, step, zero_grad
 from widedeep.optim.groups import sparse_parameters
+from widedeep.optim.sparse_grad import coalesce, coalesce_grads
 
 from test_model import DEEP, WIDE, Layout, make_batch
 
@@ -136,8 +137,20 @@ def test_composite_equals_each_optimizer_applied_alone() -> None:
         for o in (ftrl, adagrad):
             o.zero_grad(set_to_none=True)
         F.binary_cross_entropy_with_logits(alone(b), b.label).backward()
+        coalesce_grads(alone.parameters())  # as step(opts) does, so both sum duplicate rows in the same order
         ftrl.step()
         adagrad.step()
     for (name, p), (_, q) in zip(m.named_parameters(), alone.named_parameters()):
         assert torch.equal(p, q), name
     assert sparse == {id(alone.wide.table.weight), *(id(t.weight) for t in alone.deep.tables.values())}
+
+
+@pytest.mark.parametrize("nnz", [0, 1, 50])
+def test_fast_coalesce_equals_torch_coalesce(nnz: int) -> None:
+    g = torch.Generator().manual_seed(nnz)
+    idx = torch.randint(0, 10, (1, nnz), generator=g)  # duplicates for nnz=50
+    grad = torch.sparse_coo_tensor(idx, torch.randn(nnz, 3, generator=g), (10, 3), check_invariants=True)
+    ours, ref = coalesce(grad), grad.coalesce()
+    assert ours.is_coalesced()
+    assert torch.equal(ours.indices(), ref.indices())
+    torch.testing.assert_close(ours.values(), ref.values())

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from widedeep.optim.sparse_grad import coalesce
+
 
 class FTRL(torch.optim.Optimizer):
     """FTRL-Proximal with exact per-coordinate updates; the parameter holds w, the state holds `z` and `n`.
@@ -62,7 +64,7 @@ class FTRL(torch.optim.Optimizer):
                 z, n = self._state(p, group)
                 grad = p.grad
                 if grad.is_sparse:
-                    grad = grad.coalesce()
+                    grad = coalesce(grad)
                     rows = grad.indices()[0]  # unique, sorted
                     g = grad.values().to(p.dtype)  # (R, *p.shape[1:])
                     w_new, z_new, n_new = self._update(p.index_select(0, rows), z.index_select(0, rows), n.index_select(0, rows), g, *hp)

@@ -12,6 +12,7 @@ from widedeep.config import OptimizerConfig, TrainConfig
 from widedeep.model.tables import OffsetTable
 from widedeep.optim.ftrl import FTRL
 from widedeep.optim.lazy_adam import LazyAdam
+from widedeep.optim.sparse_grad import coalesce_grads, optimizer_params
 
 # Defaults tuned for batch-mean logistic loss; any key set in the config overrides them.
 DEFAULTS: dict[str, dict[str, float]] = {
@@ -93,6 +94,7 @@ def zero_grad(opts: Mapping[str, torch.optim.Optimizer]) -> None:
 
 
 def step(opts: Mapping[str, torch.optim.Optimizer]) -> None:
-    """Step every part's optimizer."""
+    """Step every part's optimizer, after coalescing sparse gradients with the fast CPU path."""
+    coalesce_grads(optimizer_params(opts))
     for opt in opts.values():
         opt.step()

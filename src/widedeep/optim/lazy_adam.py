@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from widedeep.optim.sparse_grad import coalesce
+
 
 class LazyAdam(torch.optim.Optimizer):
     """Adam (Kingma & Ba) with L2 `weight_decay` on dense gradients; rows absent from a sparse gradient keep their moments.
@@ -43,7 +45,7 @@ class LazyAdam(torch.optim.Optimizer):
                 step_size = lr * (1 - b2**t) ** 0.5 / (1 - b1**t)
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 if p.grad.is_sparse:
-                    grad = p.grad.coalesce()
+                    grad = coalesce(p.grad)
                     rows, g = grad.indices()[0], grad.values()
                     m_rows = m.index_select(0, rows).lerp_(g, 1 - b1)
                     v_rows = v.index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)

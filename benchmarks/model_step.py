@@ -1,0 +1,141 @@
+"""Training-step throughput of the Wide & Deep model (forward + backward + FTRL/AdaGrad step) against the bare-MLP bound.
+
+The paper's deep configuration: 26 categorical features with 32-d embeddings + 13 continuous features (their value and null
+indicator), MLP 1024-512-256, batch 1024; the wide part takes the 26 categorical ids and the 13 continuous bucket ids.
+The bound is the same MLP trained on an already-built (B, 858) input: the step can not be faster than that.
+
+    python benchmarks/model_step.py            # paper configuration
+    python benchmarks/model_step.py --smoke    # seconds; checks the script still runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from widedeep.batch import Batch
+from widedeep.config import FeatureSpec, ModelConfig, TrainConfig
+from widedeep.model import WideDeep
+from widedeep.model.deep import MLP
+from widedeep.optim import build_optimizers, step, zero_grad
+
+
+@dataclass
+class SyntheticLayout:
+    """The FeatureSet attributes the model reads, for n_cat categorical and n_cont continuous features."""
+
+    n_cat: int
+    n_cont: int
+    vocab: int
+    buckets: int = 100
+    id_slots: tuple[str, ...] = ()
+    list_slots: tuple[str, ...] = ()
+    dense_names: tuple[str, ...] = ()
+    cardinality: dict[str, int] = field(default_factory=dict)
+    features: tuple[FeatureSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        cats = [f"c{i}" for i in range(self.n_cat)]
+        conts = [f"i{i}" for i in range(self.n_cont)]
+        self.id_slots = tuple(cats + conts)
+        self.dense_names = tuple(n for c in conts for n in (c, f"{c}__null"))
+        self.cardinality = {**{c: 3 + self.vocab for c in cats}, **{c: 3 + self.buckets for c in conts}}
+        self.features = tuple([FeatureSpec(c, "categorical") for c in cats] + [FeatureSpec(c, "continuous") for c in conts])
+
+
+def batches(fs: SyntheticLayout, batch: int, n: int, seed: int) -> list[Batch]:
+    """`n` random batches; categorical ids are Zipf-like (a few frequent values, a long tail), as in click logs."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        u = torch.rand(batch, fs.n_cat, generator=g)
+        cat = 3 + (fs.vocab ** u).long().clamp_max(fs.vocab) - 1  # log-uniform over [3, 3 + vocab)
+        cont = 3 + torch.randint(0, fs.buckets, (batch, fs.n_cont), generator=g)
+        dense = torch.rand(batch, 2 * fs.n_cont, generator=g)
+        dense[:, 1::2] = (dense[:, 1::2] < 0.05).float()
+        label = (torch.rand(batch, generator=g) < 0.25).float()
+        out.append(Batch(torch.cat([cat, cont], dim=1), dense, {}, label))
+    return out
+
+
+def timed(fn: Callable[[int], None], steps: int, warmup: int) -> float:
+    """Seconds per call of fn(i), after `warmup` calls."""
+    for i in range(warmup):
+        fn(i)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        fn(i)
+    return (time.perf_counter() - t0) / steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--vocab", type=int, default=100_000, help="vocabulary size of each categorical feature")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, a few steps: checks that the script runs")
+    args = ap.parse_args()
+    if args.smoke:
+        args.batch, args.steps, args.warmup, args.vocab = 64, 3, 1, 1000
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hidden = (64, 32) if args.smoke else (1024, 512, 256)
+    torch.manual_seed(0)
+
+    fs = SyntheticLayout(n_cat=26, n_cont=13, vocab=args.vocab)
+    cats = tuple(f"c{i}" for i in range(26))
+    cfg = ModelConfig(type="wide_deep", wide=fs.id_slots, deep=cats + tuple(f"i{i}" for i in range(13)), embedding_dim=32, hidden=hidden)
+    model = WideDeep.build(cfg, fs)
+    opts = build_optimizers(model, TrainConfig())
+    data = batches(fs, args.batch, 8, seed=0)
+
+    def full(i: int) -> None:
+        b = data[i % len(data)]
+        zero_grad(opts)
+        F.binary_cross_entropy_with_logits(model(b), b.label).backward()
+        step(opts)
+
+    def forward_backward(i: int) -> None:
+        b = data[i % len(data)]
+        model.zero_grad(set_to_none=True)
+        F.binary_cross_entropy_with_logits(model(b), b.label).backward()
+
+    # The bound: the same MLP and AdaGrad on a prebuilt input; no embeddings, no wide part, no FTRL.
+    mlp = MLP(model.deep.in_dim, hidden)
+    mlp_opt = torch.optim.Adagrad(mlp.parameters(), lr=0.05)
+    x = torch.rand(args.batch, model.deep.in_dim)
+
+    def bare_mlp(i: int) -> None:
+        b = data[i % len(data)]
+        mlp_opt.zero_grad(set_to_none=True)
+        F.binary_cross_entropy_with_logits(mlp(x), b.label).backward()
+        mlp_opt.step()
+
+    t_mlp = timed(bare_mlp, args.steps, args.warmup)
+    t_fb = timed(forward_backward, args.steps, args.warmup)
+    t_full = timed(full, args.steps, args.warmup)
+    result = {
+        "batch": args.batch,
+        "threads": torch.get_num_threads(),
+        "deep_input_dim": model.deep.in_dim,
+        "hidden": list(hidden),
+        "parameters": model.architecture()["parameters"],
+        "bare_mlp_examples_per_s": round(args.batch / t_mlp),
+        "forward_backward_examples_per_s": round(args.batch / t_fb),
+        "train_step_examples_per_s": round(args.batch / t_full),
+        "train_step_vs_bare_mlp": round(t_mlp / t_full, 3),
+        "wide_sparsity": round(model.wide_sparsity(), 4),
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
