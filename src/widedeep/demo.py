@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import tomllib
 from importlib import resources
@@ -25,8 +26,9 @@ def demo(out: Path | str, rows: int | None = None, device: str = "auto") -> dict
     n_train, n_eval = demo_sizes(rows)
     start = time.perf_counter()
     print(f"generating {n_train:,} train and {n_eval:,} eval impressions under {data}")
-    write_app_store(data, n_train, n_eval, DEMO_SEED)
-    raw["data"] = {**raw["data"], "train": ["train.parquet"], "eval": ["eval.parquet"], "prepared": str(out / "prepared")}
+    shutil.rmtree(data / "train", ignore_errors=True)  # parts of an earlier, larger demo would be read as well
+    _, eval_file = write_app_store(data, n_train, n_eval, DEMO_SEED)
+    raw["data"] = {**raw["data"], "train": ["train"], "eval": [eval_file.name], "prepared": str(out / "prepared")}
     raw["train"] = {**raw.get("train", {}), "out": str(out)}
     if device != "auto":
         raw["train"]["device"] = device
@@ -42,21 +44,21 @@ def demo(out: Path | str, rows: int | None = None, device: str = "auto") -> dict
     print(f"\n{verdict}; demo took {seconds:.0f} s. Table: {out / 'compare.md'}")
     print(f"wide & deep model: {model_dir}\n")
     print("next:")
-    print(f"  widedeep evaluate {model_dir} {data / 'eval.parquet'}")
-    print(f"  widedeep predict {model_dir} {data / 'eval.parquet'} --out {out / 'predictions.parquet'}")
+    print(f"  widedeep evaluate {model_dir} {eval_file}")
+    print(f"  widedeep predict {model_dir} {eval_file} --out {out / 'predictions.parquet'}")
     print(f"  widedeep serve {model_dir}")
     return {**result, "model_dir": str(model_dir), "config_path": str(config_path), "seconds": seconds}
 
 
 def demo_sizes(rows: int | None) -> tuple[int, int]:
-    """(train, eval) rows: the generator's demo default, or `rows` train rows with a quarter as many eval rows."""
-    from widedeep.datasets import app_store
+    """(train, eval) rows: the generator's demo default, or `rows` train rows with the default eval/train ratio."""
+    from widedeep.datasets.app_store import DEMO_ROWS
 
     if rows is None:
-        return int(getattr(app_store, "DEMO_TRAIN_ROWS", 200_000)), int(getattr(app_store, "DEMO_EVAL_ROWS", 50_000))
+        return DEMO_ROWS
     if rows < 100:
         raise ValueError(f"--rows must be >= 100, got {rows}")
-    return rows, max(rows // 4, 100)
+    return rows, max(rows * DEMO_ROWS[1] // DEMO_ROWS[0], 100)
 
 
 def shipped_config() -> str:
