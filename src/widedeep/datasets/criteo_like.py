@@ -45,7 +45,7 @@ def _effect(ranks: np.ndarray, salt: int, scale: float) -> np.ndarray:
 
 
 def criteo_like(n_rows: int, seed: int = 0, chunk_rows: int = 1 << 18) -> Iterator[pa.Table]:
-    """Yield the log in tables of at most `chunk_rows` rows (the same rows for the same seed, whatever the chunking)."""
+    """Yield the log in tables of at most `chunk_rows` rows (the same rows for the same seed and chunk_rows)."""
     tokens = [_hex_tokens(j, v) for j, v in enumerate(VOCAB)]
     cdfs = []
     for v in VOCAB:

@@ -138,7 +138,7 @@ def as_label(col: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
     bad = (x != 0) & (x != 1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise FeatureError(name, f"label column {name!r} must be 0 or 1, got {x[row]!r} at row {row}")
+        raise FeatureError(name, f"label column {name!r} must be 0 or 1, got {col[row].as_py()!r} at row {row}")
     return x.astype(np.uint8)
 
 

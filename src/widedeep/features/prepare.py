@@ -28,7 +28,7 @@ from widedeep.features.shards import write_shard
 from widedeep.features.transform import VERSION, FeatureSet
 
 SPLITS = ("train", "eval")
-CACHE_BYTES = 1 << 30
+CACHE_BYTES = 0  # keep no batches by default: peak memory stays flat in the data size
 
 
 def _inputs(cfg: Config) -> dict[str, list[Path]]:
@@ -131,7 +131,10 @@ def _fit_caching(fs: FeatureSet, paths: Sequence[Path], pool: Executor, cache_by
         fs.partial_fit(batch, pool)
         if cache is not None:
             size += batch.nbytes
-            cache = cache + [batch] if size <= cache_bytes else None
+            if size <= cache_bytes:
+                cache.append(batch)
+            else:
+                cache = None
     return cache
 
 
@@ -154,8 +157,8 @@ def _encode(fs: FeatureSet, batches: Iterable[pa.RecordBatch], out: Path, pool: 
 def prepare(cfg: Config, force: bool = False, verbose: bool = True, cache_bytes: int = CACHE_BYTES) -> Path:
     """Fit features on the training data and encode train/eval into `cfg.prepared_dir` (skipped when fresh).
 
-    Training batches read by the fit pass are kept in memory up to `cache_bytes` and encoded from there; larger
-    data is read again, so memory stays bounded by the cache plus a few batches."""
+    With `cache_bytes` > 0, training batches read by the fit pass are kept in memory up to that size and encoded from
+    there instead of being read again; memory stays bounded by the cache plus a few batches."""
     out = cfg.prepared_dir
     if not force and is_fresh(cfg):
         if verbose:

@@ -246,7 +246,9 @@ class FeatureSet:
         """
         self._finalize()
         n = len(candidates)
-        own = set(candidates[0]) if n else set()
+        if n == 0:
+            return self.transform_records([])
+        own = set(candidates[0])
         ctx = [f for f in self.features if f.source not in own]
         cand = [f for f in self.features if f.source in own]
         cols = {k: c.repeat(n) for k, c in self._encode_records([context], ctx, strict).items()}
