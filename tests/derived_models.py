@@ -47,10 +47,14 @@ def copy_model(src: Path, dst: Path) -> Path:
 
 
 def ranked_pair(model_dir: Path, root: Path, holdout: Path) -> tuple[Path, Path]:
-    """(better, worse): the model and its negation, ordered by holdout AUC (their AUCs sum to 1, so one is clearly worse)."""
-    negated = derive(model_dir, root / "negated", negate)
+    """(better, worse), worse on both AUC and logloss: of the model and its negation (AUCs summing to 1), the one with the
+    higher AUC, and the other with its bias shifted (badly calibrated). Independent of how well the model trained."""
     table = pq.read_table(holdout)
+    negated = derive(model_dir, root / "negated", negate)
     auc = {p: Model.load(p).evaluate(table)["auc"] for p in (model_dir, negated)}
-    if abs(auc[model_dir] - 0.5) < 0.02:
-        raise ValueError(f"{model_dir}: holdout AUC {auc[model_dir]:.3f} is too close to 0.5 to rank the model and its negation")
-    return (model_dir, negated) if auc[model_dir] > 0.5 else (negated, model_dir)
+    better, other = (model_dir, negated) if auc[model_dir] > auc[negated] else (negated, model_dir)
+    worse = derive(other, root / "worse", shift_bias)
+    b, w = Model.load(better).evaluate(table), Model.load(worse).evaluate(table)
+    if not (b["auc"] > w["auc"] + 0.02 and b["logloss"] < w["logloss"] - 0.05):
+        raise ValueError(f"{model_dir}: cannot derive a clearly worse model (better {b}, worse {w})")
+    return better, worse
