@@ -191,6 +191,8 @@ def read_meta(model_dir: Path | str) -> dict[str, Any]:
         if name not in meta["files"]:
             raise ArtifactError(f"{meta_path}: lists no checksum for {name}")
     for name, record in meta["files"].items():
+        if name not in (FEATURES_FILE, WEIGHTS_FILE, OPTIMIZER_FILE) or not isinstance(record, dict):
+            raise ArtifactError(f"{meta_path}: unexpected entry {name!r} in 'files'")
         verify_file(root / name, record)
     return meta
 
@@ -245,7 +247,10 @@ class Model:
             fs = FeatureSet.load(root / FEATURES_FILE)
         except (KeyError, ValueError, TypeError) as e:
             raise ArtifactError(f"{root / FEATURES_FILE}: cannot read feature set ({e})") from None
-        module = WideDeep.build(cfg.model, fs)
+        try:
+            module = WideDeep.build(cfg.model, fs)
+        except ValueError as e:
+            raise ArtifactError(f"{root}: stored config and feature set do not fit together ({e})") from None
         state = load_tensors(root / WEIGHTS_FILE)
         try:
             module.load_state_dict(state, strict=True)
