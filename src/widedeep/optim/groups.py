@@ -12,7 +12,7 @@ from widedeep.config import OptimizerConfig, TrainConfig
 from widedeep.model.tables import OffsetTable
 from widedeep.optim.ftrl import FTRL
 from widedeep.optim.lazy_adam import LazyAdam
-from widedeep.optim.sparse_grad import coalesce_grads, optimizer_params
+from widedeep.optim.sparse_grad import SGD, Adagrad
 
 # Defaults tuned for batch-mean logistic loss; any key set in the config overrides them.
 DEFAULTS: dict[str, dict[str, float]] = {
@@ -66,8 +66,8 @@ def make_optimizer(cfg: OptimizerConfig, named: NamedParams, sparse: set[int] = 
     lazy = {"weight_decay": 0.0} if cfg.name == "adagrad" else {"weight_decay": 0.0, "momentum": 0.0}
     param_groups = [g for g in ({"params": dense_p}, {"params": sparse_p, **lazy}) if g["params"]]
     if cfg.name == "adagrad":
-        return torch.optim.Adagrad(param_groups, **hp)
-    return torch.optim.SGD(param_groups, **hp)
+        return Adagrad(param_groups, **hp)
+    return SGD(param_groups, **hp)
 
 
 def sparse_parameters(model: nn.Module) -> set[int]:
@@ -94,7 +94,6 @@ def zero_grad(opts: Mapping[str, torch.optim.Optimizer]) -> None:
 
 
 def step(opts: Mapping[str, torch.optim.Optimizer]) -> None:
-    """Step every part's optimizer, after coalescing sparse gradients with the fast CPU path."""
-    coalesce_grads(optimizer_params(opts))
+    """Step every part's optimizer."""
     for opt in opts.values():
         opt.step()
