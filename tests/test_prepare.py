@@ -1,0 +1,121 @@
+"""`prepare`: outputs, freshness, atomicity, and early errors that name the file, column or row."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import TINY_CONFIG, make_log
+
+from widedeep.config import load
+from widedeep.features.columns import FeatureError
+from widedeep.features.encoded import Encoded
+from widedeep.features.prepare import fingerprint, is_fresh, prepare
+from widedeep.features.shards import open_shard, open_split, write_shard
+from widedeep.features.transform import FeatureSet
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Path:
+    pq.write_table(make_log(600, seed=1), tmp_path / "train.parquet")
+    pq.write_table(make_log(200, seed=2), tmp_path / "eval.parquet")
+    (tmp_path / "config.toml").write_text(TINY_CONFIG)
+    return tmp_path / "config.toml"
+
+
+def test_prepare_writes_features_manifest_and_shards(project: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = load(project)
+    out = prepare(cfg)
+    assert out == cfg.prepared_dir and "600 train + 200 eval rows" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["fingerprint"] == fingerprint(cfg)
+    assert manifest["splits"]["train"]["rows"] == 600 and manifest["splits"]["eval"]["rows"] == 200
+    fs = FeatureSet.load(out / "features.json")
+    assert manifest["id_slots"] == list(fs.id_slots) and fs.rows_ == 600
+    train = open_split(out, "train")
+    assert sum(len(e) for e in train) == 600 and isinstance(train[0].ids, np.memmap)
+    want = fs.transform(pq.read_table(project.parent / "train.parquet"))
+    assert np.array_equal(train[0].ids, want.ids) and np.array_equal(train[0].dense, want.dense)
+    assert np.array_equal(train[0].label, want.label)
+    for k, (values, offsets) in want.lists.items():
+        assert np.array_equal(train[0].lists[k][0], values) and np.array_equal(train[0].lists[k][1], offsets)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["prepared"]  # no temp folders left
+
+
+def test_freshness(project: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = load(project)
+    assert not is_fresh(cfg)
+    prepare(cfg)
+    assert is_fresh(cfg)
+    stamp = (cfg.prepared_dir / "features.json").stat().st_mtime_ns
+    prepare(cfg)
+    assert "up to date" in capsys.readouterr().out
+    assert (cfg.prepared_dir / "features.json").stat().st_mtime_ns == stamp
+    prepare(cfg, force=True)
+    assert (cfg.prepared_dir / "features.json").stat().st_mtime_ns != stamp
+    pq.write_table(make_log(600, seed=3), project.parent / "train.parquet")  # new data: stale
+    assert not is_fresh(cfg)
+    project.write_text(TINY_CONFIG.replace("quantiles = 5", "quantiles = 6"))  # new feature config: stale
+    assert not is_fresh(load(project))
+
+
+def test_failure_keeps_previous_result_and_leaves_no_temp_files(project: Path) -> None:
+    cfg = load(project)
+    prepare(cfg)
+    before = (cfg.prepared_dir / "manifest.json").read_text()
+    t = make_log(600, seed=1)
+    pq.write_table(t.set_column(6, "installed", pa.array(np.full(600, 3))), project.parent / "train.parquet")
+    with pytest.raises(FeatureError):
+        prepare(cfg)
+    assert (cfg.prepared_dir / "manifest.json").read_text() == before
+    assert sorted(p.name for p in cfg.prepared_dir.parent.iterdir()) == ["prepared"]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda t, p: pq.write_table(t.drop_columns(["age"]), p), r"train\.parquet: missing column 'age'"),
+        (lambda t, p: pq.write_table(t.drop_columns(["installed"]), p), r"train\.parquet: missing label column"),
+        (lambda t, p: pq.write_table(t.set_column(6, "installed", pa.array([0, 1] * 299 + [5, 0])), p),
+         r"train\.parquet.*must be 0 or 1, got 5 at row 598"),
+        (lambda t, p: pq.write_table(t.set_column(6, "installed", pa.array([None] + [0] * 599, pa.int64())), p),
+         r"train\.parquet.*null at row 0"),
+        (lambda t, p: pq.write_table(t.slice(0, 0), p), r"train\.parquet: data file has no rows"),
+        (lambda t, p: p.write_bytes(b"not parquet at all"), r"train\.parquet: unreadable"),
+        (lambda t, p: pq.write_table(t.set_column(4, "age", pa.array(["x"] * 600)), p), r"train\.parquet.*'age' has dtype string"),
+        (lambda t, p: pq.write_table(t.set_column(1, "installed_apps", pa.array(np.ones(600))), p),
+         r"train\.parquet.*'installed_apps' has dtype double"),
+    ],
+)  # fmt: skip
+def test_bad_data_fails_early_naming_the_file(project: Path, damage, message: str) -> None:
+    damage(make_log(600, seed=1), project.parent / "train.parquet")
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        prepare(load(project))
+    assert not load(project).prepared_dir.exists()
+
+
+def test_missing_input_names_the_pattern(project: Path) -> None:
+    project.write_text(TINY_CONFIG.replace('train = "train.parquet"', 'train = "nothing/*.parquet"'))
+    with pytest.raises(FileNotFoundError, match=r"no data file matches 'nothing/\*\.parquet'"):
+        prepare(load(project))
+
+
+def test_write_shard_is_atomic_and_round_trips(tmp_path: Path) -> None:
+    enc = Encoded(np.arange(6, dtype=np.int32).reshape(3, 2), np.ones((3, 2), np.float32),
+                  {"tags": (np.array([3, 4, 5], np.int32), np.array([0, 2, 2, 3]))}, np.array([0, 1, 1], np.uint8))  # fmt: skip
+    write_shard(tmp_path / "part-00000", enc)
+    back = open_shard(tmp_path / "part-00000")
+    assert np.array_equal(back.ids, enc.ids) and np.array_equal(back.lists["tags"][1], enc.lists["tags"][1])
+    with pytest.raises(FileExistsError):
+        write_shard(tmp_path / "part-00000", enc)
+    bad = Encoded(enc.ids, enc.dense, {"../x": enc.lists["tags"]}, enc.label)
+    with pytest.raises(ValueError, match="cannot be used as a file name"):
+        write_shard(tmp_path / "part-00001", bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00000"]
+    shutil.rmtree(tmp_path / "part-00000")
+    assert open_split(tmp_path, "train") == []
