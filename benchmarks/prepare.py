@@ -95,7 +95,7 @@ def app_store(root: Path, rows: int, eval_rows: int) -> None:
     lines = ["[data]", f"train = {str(root / 'data' / 'train')!r}", f"eval = {str(eval_path)!r}"]
     lines += [f"label = {raw['data']['label']!r}", f"prepared = {str(root / 'prepared')!r}", ""]
     body = example.read_text()
-    rest = body[body.index("[features") :] if "[features" in body else ""
+    rest = body[body.index("\n[features") :]
     (root / "config.toml").write_text("\n".join(lines) + "\n" + rest)
     report("(a) app-store", rows, eval_rows, measure(root / "config.toml"), None)
 
