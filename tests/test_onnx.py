@@ -71,7 +71,7 @@ def test_parity_on_real_rows(model: Model, net: OnnxNetwork, tiny_config: Path, 
 
 @pytest.mark.parametrize("rows,max_len", [(1, 1), (3, 40), (33, 2), (256, 9)])
 def test_parity_on_random_batches(model: Model, net: OnnxNetwork, rows: int, max_len: int) -> None:
-    ids, dense, lists = example_tensors(model, rows, max_len, seed=rows)
+    ids, dense, lists = example_tensors(model.features, rows, max_len, seed=rows)
     want = torch_probs(model, ids, dense, lists)
     got = sigmoid(net(ids.numpy(), dense.numpy(), {s: t.numpy() for s, t in zip(model.features.list_slots, lists)}))
     assert np.abs(got - want).max() <= TOL
@@ -145,6 +145,6 @@ def test_export_errors(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_missing_list_input_is_named(model: Model, net: OnnxNetwork) -> None:
-    ids, dense, lists = example_tensors(model, 4, 3)
+    ids, dense, lists = example_tensors(model.features, 4, 3)
     with pytest.raises(ValueError, match=repr(model.features.list_slots[0])):
         net(ids.numpy(), dense.numpy(), {})

@@ -14,7 +14,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ import torch
 from widedeep.artifact import META_FILE, WEIGHTS_FILE, ArtifactError, Model, sha256_file
 from widedeep.batch import pad_ragged
 from widedeep.features.encoded import Encoded
+
+if TYPE_CHECKING:
+    from widedeep.model.wide_deep import FeatureLayout
 
 ONNX_FILE = "model.onnx"
 SIDECAR_FILE = "onnx.json"
@@ -46,16 +49,17 @@ class _Network(torch.nn.Module):
         return self.module.forward_tensors(ids, dense, *lists)
 
 
-def example_tensors(model: Model, batch: int, max_len: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def example_tensors(
+    layout: FeatureLayout, batch: int, max_len: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Random valid encoded inputs: ids below each slot's cardinality, dense in [0, 1], lists with 0-padding of random lengths."""
-    fs = model.features
     rng = np.random.default_rng(seed)
-    card = np.array([fs.cardinality[s] for s in fs.id_slots], dtype=np.int64)
+    card = np.array([layout.cardinality[s] for s in layout.id_slots], dtype=np.int64)
     ids = rng.integers(0, np.maximum(card, 1)[None, :], size=(batch, len(card)), dtype=np.int64)  # (B, S)
-    dense = rng.random((batch, len(fs.dense_names)), dtype=np.float32)  # (B, C)
+    dense = rng.random((batch, len(layout.dense_names)), dtype=np.float32)  # (B, C)
     lists = []
-    for slot in fs.list_slots:
-        values = rng.integers(1, max(fs.cardinality[slot], 2), size=(batch, max_len), dtype=np.int64)  # (B, L)
+    for slot in layout.list_slots:
+        values = rng.integers(1, max(layout.cardinality[slot], 2), size=(batch, max_len), dtype=np.int64)  # (B, L)
         lengths = rng.integers(0, max_len + 1, size=batch)
         values[np.arange(max_len)[None, :] >= lengths[:, None]] = 0
         lists.append(torch.from_numpy(values))
@@ -70,13 +74,18 @@ def export_onnx(model_dir: Path | str, out: Path | str | None = None) -> Path:
     model_dir = Path(model_dir)
     model = Model.load(model_dir)  # verifies the checksums; raises ArtifactError on a missing or corrupt model
     out = Path(out) if out is not None else model_dir / ONNX_FILE
-    fs = model.features
-    slots = list(fs.list_slots)
+    return export_network(model.module, model.features, out, weights_sha256=model.meta["files"][WEIGHTS_FILE]["sha256"])
+
+
+def export_network(module: torch.nn.Module, layout: FeatureLayout, out: Path | str, weights_sha256: str | None = None) -> Path:
+    """Export `module.forward_tensors` for inputs laid out as `layout` (a FeatureSet) to `out` + its sidecar, atomically."""
+    out = Path(out)
+    slots = list(layout.list_slots)
     clash = {"ids", "dense", "logits"} & set(slots)
     if clash:
-        raise ValueError(f"{model_dir}: list slot {sorted(clash)[0]!r} clashes with a fixed ONNX input/output name")
-    net = _Network(model.module).eval()
-    ids, dense, lists = example_tensors(model, batch=3, max_len=4)
+        raise ValueError(f"{out}: list slot {sorted(clash)[0]!r} clashes with a fixed ONNX input/output name")
+    net = _Network(module).eval()
+    ids, dense, lists = example_tensors(layout, batch=3, max_len=4)
     batch = torch.export.Dim("batch")
     dynamic_shapes = ({0: batch}, {0: batch}, tuple({0: batch, 1: torch.export.Dim(f"len_{i}")} for i in range(len(slots))))
 
@@ -97,16 +106,15 @@ def export_onnx(model_dir: Path | str, out: Path | str | None = None) -> Path:
             )
             program.save(str(tmp))
         _fsync(tmp)
-        diff = _parity(model, tmp)
+        diff = _parity(module, layout, tmp)
         if not diff <= EXPORT_TOLERANCE:
             raise ArtifactError(f"{out}: onnxruntime logits differ from torch by {diff:.3g} (> {EXPORT_TOLERANCE}); not written")
-        weights = model.meta["files"][WEIGHTS_FILE]["sha256"]
         side = {
             "format_version": ONNX_FORMAT_VERSION,
             "onnx_file": out.name,
             "onnx_sha256": sha256_file(tmp),
-            "weights_sha256": weights,
-            "inputs": {"ids": list(fs.id_slots), "dense": list(fs.dense_names), "lists": slots},
+            "weights_sha256": weights_sha256,
+            "inputs": {"ids": list(layout.id_slots), "dense": list(layout.dense_names), "lists": slots},
             "output": "logits",
             "opset": int(_opset(tmp)),
             "torch": torch.__version__,
@@ -129,13 +137,13 @@ def export_onnx(model_dir: Path | str, out: Path | str | None = None) -> Path:
     return out
 
 
-def _parity(model: Model, onnx_path: Path) -> float:
+def _parity(module: torch.nn.Module, layout: FeatureLayout, onnx_path: Path) -> float:
     """Max |logit| difference between torch and onnxruntime on a random batch of 17 rows with lists up to 9 long."""
     net = OnnxNetwork(onnx_path, verify=False)
-    ids, dense, lists = example_tensors(model, batch=17, max_len=9, seed=1)
+    ids, dense, lists = example_tensors(layout, batch=17, max_len=9, seed=1)
     with torch.inference_mode():
-        want = model.module.forward_tensors(ids, dense, *lists).float().numpy()
-    got = net(ids.numpy(), dense.numpy(), dict(zip(model.features.list_slots, (t.numpy() for t in lists))))
+        want = module.forward_tensors(ids, dense, *lists).float().numpy()
+    got = net(ids.numpy(), dense.numpy(), [t.numpy() for t in lists])
     return float(np.abs(got - want).max(initial=0.0))
 
 

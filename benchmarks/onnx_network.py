@@ -1,0 +1,123 @@
+"""Network latency on encoded tensors: onnxruntime (the `--backend onnxruntime` path) against torch, on the same weights.
+
+The paper's network: 26 categorical features with 32-d embeddings, 13 continuous features (value + null indicator, and a
+bucket id for the wide part), one multi-valued feature pooled by mean (up to 20 ids per row), MLP 1024-512-256. Random
+weights everywhere (the parity must hold for any weights). Batch sizes are the paper's serving table (200, 100, 50) and a
+single request row. Both runtimes use one thread, as each of the Scorer's parallel sub-batches does. Prints JSON: median
+milliseconds per call for each runtime, the onnxruntime/torch time ratio, and the max |dp| between them.
+
+    python benchmarks/onnx_network.py            # paper configuration
+    python benchmarks/onnx_network.py --smoke    # seconds; checks the script still runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from widedeep.config import FeatureSpec, ModelConfig
+from widedeep.model import WideDeep
+from widedeep.serve.onnx import OnnxNetwork, example_tensors, export_network
+
+
+@dataclass
+class Layout:
+    """The FeatureSet attributes the model reads: n_cat categorical, n_cont continuous, one multi-valued feature."""
+
+    n_cat: int
+    n_cont: int
+    vocab: int
+    buckets: int = 100
+    id_slots: tuple[str, ...] = ()
+    list_slots: tuple[str, ...] = ("apps",)
+    dense_names: tuple[str, ...] = ()
+    cardinality: dict[str, int] = field(default_factory=dict)
+    features: tuple[FeatureSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        cats = [f"c{i}" for i in range(self.n_cat)]
+        conts = [f"i{i}" for i in range(self.n_cont)]
+        self.id_slots = tuple(cats + conts)
+        self.dense_names = tuple(n for c in conts for n in (c, f"{c}__null"))
+        self.cardinality = {**{c: 3 + self.vocab for c in cats}, **{c: 3 + self.buckets for c in conts}, "apps": 3 + self.vocab}
+        self.features = tuple(
+            [FeatureSpec(c, "categorical") for c in cats]
+            + [FeatureSpec(c, "continuous") for c in conts]
+            + [FeatureSpec("apps", "categorical", multi_valued=True)]
+        )
+
+
+def median_ms(fn, reps: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--vocab", type=int, default=10_000, help="vocabulary size of each categorical feature")
+    ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, a few calls: checks that the script runs")
+    args = ap.parse_args()
+    hidden = (16, 8) if args.smoke else (1024, 512, 256)
+    if args.smoke:
+        args.vocab, args.reps = 100, 3
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        fs = Layout(n_cat=26, n_cont=13, vocab=args.vocab)
+        cats = tuple(f"c{i}" for i in range(26))
+        cfg = ModelConfig(wide=fs.id_slots + ("apps",), deep=cats + tuple(f"i{i}" for i in range(13)) + ("apps",), hidden=hidden)
+        model = WideDeep.build(cfg, fs).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape) * 0.05)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            path = export_network(model, fs, Path(tmp) / "model.onnx")
+            export_s = time.perf_counter() - t0
+            net = OnnxNetwork(path, intra_op_num_threads=1)
+            rows = []
+            for batch in (1, 50, 100, 200):
+                ids, dense, lists = example_tensors(fs, batch, max_len=20, seed=batch)
+                arrays = (ids.numpy(), dense.numpy(), [t.numpy() for t in lists])
+
+                def run_torch() -> np.ndarray:
+                    with torch.inference_mode():
+                        return model.forward_tensors(ids, dense, *lists).numpy()
+
+                def run_onnx() -> np.ndarray:
+                    return net(*arrays)
+
+                dp = np.abs(torch.sigmoid(torch.from_numpy(run_onnx())).numpy() - torch.sigmoid(torch.from_numpy(run_torch())).numpy())
+                t_torch = median_ms(run_torch, args.reps, max(2, args.reps // 10))
+                t_onnx = median_ms(run_onnx, args.reps, max(2, args.reps // 10))
+                rows.append(
+                    {
+                        "batch": batch,
+                        "torch_ms": round(t_torch, 3),
+                        "onnxruntime_ms": round(t_onnx, 3),
+                        "onnxruntime_vs_torch": round(t_onnx / t_torch, 3),
+                        "max_abs_dp": float(dp.max()),
+                    }
+                )
+    finally:
+        torch.set_num_threads(threads)
+    print(json.dumps({"hidden": list(hidden), "vocab": args.vocab, "threads": 1, "export_s": round(export_s, 2), "batches": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
