@@ -113,6 +113,48 @@ def _promote(args: argparse.Namespace) -> int:
     return 1
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from widedeep.serve.http import serve
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        backend=args.backend,
+        sub_batch=args.sub_batch,
+        threads=args.threads,
+        intra_op=args.intra_op,
+        max_body_bytes=args.max_body_bytes,
+        max_candidates=args.max_candidates,
+        poll_s=args.poll,
+        log_level=args.log_level,
+    )
+    return 0
+
+
+def _bench_serve(args: argparse.Namespace) -> int:
+    from widedeep.serve.bench import bench_serve
+
+    context = [c for c in args.context.split(",") if c] if args.context is not None else None
+    result = bench_serve(
+        args.model,
+        candidates=args.candidates,
+        requests=args.requests,
+        warmup=args.warmup,
+        clients=args.clients,
+        seconds=args.seconds,
+        context_columns=context,
+        backend=args.backend,
+        http=not args.no_http,
+        log=lambda msg: print(msg, file=sys.stderr),
+    )
+    print(result.markdown())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="widedeep", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -151,6 +193,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rows", type=int, default=None, help="training rows to generate (default: the demo size)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_demo)
+
+    s = sub.add_parser("serve", help="serve MODEL (a model directory or a registry, hot-reloaded) over HTTP: /v1/recommend, /v1/score")
+    s.add_argument("model", type=Path, metavar="MODEL_OR_REGISTRY")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    s.add_argument("--sub-batch", type=int, default=100, help="candidates per forward pass")
+    s.add_argument("--threads", type=int, default=2, help="sub-batches scored in parallel")
+    s.add_argument("--intra-op", type=int, default=1, help="torch threads inside one forward pass")
+    s.add_argument("--max-candidates", type=int, default=1000, help="larger requests get 422")
+    s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger bodies get 413")
+    s.add_argument("--poll", type=float, default=0.5, help="seconds between checks of a registry's CURRENT")
+    s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    s.set_defaults(func=_serve)
+
+    s = sub.add_parser("bench-serve", help="ranking latency in process and over HTTP at sub-batch x threads splits (the paper's Table 2)")
+    s.add_argument("model", type=Path, metavar="MODEL_OR_REGISTRY")
+    s.add_argument("--candidates", type=int, default=200)
+    s.add_argument("--requests", type=int, default=300, help="timed requests per split")
+    s.add_argument("--warmup", type=int, default=30)
+    s.add_argument("--clients", type=int, default=4, help="concurrent clients in the throughput run")
+    s.add_argument("--seconds", type=float, default=5.0, help="length of the throughput run")
+    s.add_argument("--context", default=None, help="comma-separated input columns sent as the context (default: first half)")
+    s.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    s.add_argument("--no-http", action="store_true", help="in-process figures only")
+    s.set_defaults(func=_bench_serve)
 
     s = sub.add_parser("export", help="export MODEL's network to ONNX (MODEL/model.onnx + onnx.json) for --backend onnxruntime")
     s.add_argument("model", type=Path)

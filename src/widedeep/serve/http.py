@@ -239,6 +239,7 @@ def serve(
     max_candidates: int = MAX_CANDIDATES,
     poll_s: float = 0.5,
     intra_op: int = 1,
+    log_level: str = "info",
 ) -> None:
     """Run the ranking server until interrupted (loads the model first, so a bad model fails before binding)."""
     import uvicorn
@@ -249,7 +250,7 @@ def serve(
     live = LiveScorer(source, lambda p: Scorer.load(p, backend=backend, sub_batch=sub_batch, threads=threads), poll_s=poll_s)
     app = create_app(live, max_body_bytes=max_body_bytes, max_candidates=max_candidates)
     log.info("serving %s (model %s, backend %s) on http://%s:%d", source, live.scorer.version, backend, host, port)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
 
 class BackgroundServer:

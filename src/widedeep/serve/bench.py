@@ -1,0 +1,294 @@
+"""`widedeep bench-serve`: the paper's Table 2 (latency by sub-batch size x threads) on your model and machine.
+
+For one ranking request of N candidates it measures, at each split, the latency in process (Scorer.recommend) and over HTTP
+(a `widedeep serve` subprocess, timed by the client, as the paper's figures are), then the HTTP throughput with several
+concurrent clients. The bare network forward on N rows is timed in the same run as the floor the rest is compared with.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import orjson
+
+from widedeep.serve.scorer import Scorer, configure_torch_threads
+
+PAPER_MS = {(200, 1): 31.0, (100, 2): 17.0, (50, 4): 14.0}  # Cheng et al. 2016, Table 2 (client-side, incl. serving)
+SPLITS = ((200, 1), (100, 2), (50, 4))
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50: float  # milliseconds
+    p90: float
+    p99: float
+    n: int
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> "Latency":
+        ms = np.asarray(seconds, dtype=np.float64) * 1e3
+        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        return cls(float(p50), float(p90), float(p99), len(ms))
+
+    def cell(self) -> str:
+        return f"{self.p50:.1f} / {self.p90:.1f} / {self.p99:.1f} ms"
+
+
+@dataclass
+class BenchResult:
+    model: str
+    candidates: int
+    forward: Latency  # bare network forward on `candidates` rows, one thread: the floor
+    in_process: dict[tuple[int, int], Latency] = field(default_factory=dict)
+    http: dict[tuple[int, int], Latency] = field(default_factory=dict)
+    throughput: dict[str, Any] = field(default_factory=dict)
+    request_bytes: int = 0
+    cores: int = 0
+
+    def markdown(self) -> str:
+        """The Markdown table printed by bench-serve, next to the paper's figures."""
+        lines = [
+            f"Model `{self.model}`, {self.candidates} candidates per request ({self.request_bytes / 1024:.0f} KiB of JSON), "
+            f"{self.cores} CPU cores. Latency p50 / p90 / p99.",
+            "",
+            "| sub-batch x threads | paper (client-side) | in-process | over HTTP (client-side) |",
+            "|---|---|---|---|",
+        ]
+        for split in self.in_process:
+            paper = f"{PAPER_MS[split]:.0f} ms" if split in PAPER_MS else "-"
+            http = self.http[split].cell() if split in self.http else "-"
+            lines.append(f"| {split[0]} x {split[1]} | {paper} | {self.in_process[split].cell()} | {http} |")
+        lines.append("")
+        lines.append(f"Bare network forward on {self.candidates} rows (1 thread, fp32): {self.forward.p50:.1f} ms p50.")
+        if self.http:
+            best = min(self.http, key=lambda s: self.http[s].p50)
+            lines.append(f"Best HTTP p50 ({best[0]} x {best[1]}): {self.http[best].p50 / self.forward.p50:.2f}x the bare forward.")
+        if self.throughput:
+            t = self.throughput
+            lines.append(
+                f"HTTP throughput at {t['split'][0]} x {t['split'][1]} with {t['clients']} concurrent clients: "
+                f"{t['rps']:.0f} requests/s = {t['rps'] * self.candidates:,.0f} candidates scored/s (p50 {t['p50']:.1f} ms)."
+            )
+        return "\n".join(lines)
+
+
+# -- synthetic requests --------------------------------------------------------------------------------------------------
+
+
+def synthetic_request(scorer: Scorer, n: int, context_columns: Sequence[str] | None = None, seed: int = 0):
+    """A realistic request for any model: values drawn from its vocabularies and quantile ranges.
+
+    `context_columns` (default: the first half of the model's input columns) go in the context; the rest in each candidate.
+    """
+    fs = scorer.features
+    rng = np.random.default_rng(seed)
+    inputs = list(fs.input_columns)
+    ctx_cols = set(inputs[: (len(inputs) + 1) // 2] if context_columns is None else context_columns)
+    unknown = ctx_cols - set(inputs)
+    if unknown:
+        raise ValueError(f"context column {sorted(unknown)[0]!r} is not an input of the model (inputs: {inputs})")
+    by_source = {f.source: f for f in fs.features}
+
+    def values(col: str, count: int) -> list[Any]:
+        f = by_source[col]
+        if f.type == "continuous":
+            b = fs.boundaries(f.name)
+            lo, hi = (float(b[0]), float(b[-1])) if len(b) else (0.0, 1.0)
+            return np.round(rng.uniform(lo, hi, count), 3).tolist()
+        pool = fs.vocabulary(f.name) if f.type == "categorical" else None
+        pool = pool or [str(v) for v in rng.integers(0, 1 << 20, 64)]
+        draw = rng.integers(0, len(pool), (count, 3))
+        if f.multi_valued:
+            return [[pool[i] for i in row[: 1 + r % 3]] for row, r in zip(draw, range(count))]
+        return [pool[i] for i in draw[:, 0]]
+
+    context = {c: values(c, 1)[0] for c in inputs if c in ctx_cols}
+    item_cols = [c for c in inputs if c not in ctx_cols]
+    columns = {c: values(c, n) for c in item_cols}
+    candidates = [{c: columns[c][i] for c in item_cols} for i in range(n)]
+    return context, candidates
+
+
+# -- timing --------------------------------------------------------------------------------------------------------------
+
+
+def time_calls(fn, requests: int, warmup: int) -> Latency:
+    for _ in range(warmup):
+        fn()
+    seconds = []
+    for _ in range(requests):
+        t0 = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - t0)
+    return Latency.of(seconds)
+
+
+def time_forward(scorer: Scorer, context: dict, candidates: list[dict], requests: int, warmup: int) -> Latency:
+    """The bare network on the encoded request (no transform, no split, no context half)."""
+    from widedeep.batch import pad_ragged
+
+    enc = scorer.features.transform_request(context, candidates)
+    ids, dense = enc.ids.astype(np.int64), enc.dense.astype(np.float32)
+    lists = [pad_ragged(*enc.lists[s]) for s in scorer.features.list_slots]
+    return time_calls(lambda: scorer.network(ids, dense, lists), requests, warmup)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`widedeep serve MODEL` in a subprocess (so the client never shares the server's interpreter), ready when /healthz is."""
+
+    def __init__(self, model: Path | str, sub_batch: int, threads: int, backend: str = "torch", wait: bool = True):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "widedeep", "serve", str(model), "--port", str(self.port), "--sub-batch", str(sub_batch),
+               "--threads", str(threads), "--backend", backend, "--log-level", "warning"]  # fmt: skip
+        self._stderr = tempfile.TemporaryFile()  # a file, not a pipe: a chatty server can never block on a full pipe
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._stderr)
+        if wait:
+            self.wait()
+
+    def wait(self, timeout: float = 180.0) -> None:
+        """Block until the server answers /healthz (raises with its stderr if it died)."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._stderr.seek(0)
+                err = self._stderr.read().decode(errors="replace")[-2000:]
+                raise RuntimeError(f"widedeep serve exited with {self.proc.returncode}: {err}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.close()
+        raise RuntimeError(f"widedeep serve did not answer on {self.url} within {timeout:.0f}s")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def time_http(url: str, body: bytes, requests: int, warmup: int) -> Latency:
+    """Sequential requests over one keep-alive connection, timed by the client."""
+    import httpx
+
+    headers = {"content-type": "application/json"}
+    with httpx.Client(base_url=url, timeout=60) as client:
+
+        def call() -> None:
+            r = client.post("/v1/recommend", content=body, headers=headers)
+            if r.status_code != 200:
+                raise RuntimeError(f"POST /v1/recommend answered {r.status_code}: {r.text[:300]}")
+
+        return time_calls(call, requests, warmup)
+
+
+def http_throughput(url: str, body: bytes, clients: int, seconds: float) -> tuple[float, Latency]:
+    """Requests/s with `clients` threads each sending back-to-back requests for `seconds`; and their latency."""
+    import httpx
+
+    stop, lat, errors = threading.Event(), [[] for _ in range(clients)], []
+
+    def client(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                r = c.post("/v1/recommend", content=body, headers={"content-type": "application/json"})
+                if r.status_code != 200:
+                    errors.append(r.status_code)
+                lat[i].append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(f"{len(errors)} requests failed during the throughput run (status {errors[0]})")
+    done = [x for per in lat for x in per]
+    return len(done) / elapsed, Latency.of(done)
+
+
+# -- the benchmark -------------------------------------------------------------------------------------------------------
+
+
+def bench_serve(
+    model: Path | str,
+    *,
+    candidates: int = 200,
+    splits: Sequence[tuple[int, int]] = SPLITS,
+    requests: int = 300,
+    warmup: int = 30,
+    clients: int = 4,
+    seconds: float = 5.0,
+    context_columns: Sequence[str] | None = None,
+    backend: str = "torch",
+    http: bool = True,
+    http_splits: Sequence[tuple[int, int]] | None = None,
+    log=print,
+) -> BenchResult:
+    """Run the whole table for one model directory (or registry); returns the figures (`.markdown()` for the table)."""
+    configure_torch_threads(1)
+    base = Scorer.load(model, backend=backend, sub_batch=candidates, threads=1)
+    context, cands = synthetic_request(base, candidates, context_columns)
+    body = orjson.dumps({"context": context, "candidates": cands, "k": 10})
+    result = BenchResult(str(model), candidates, time_forward(base, context, cands, requests, warmup), request_bytes=len(body),
+                         cores=len(os.sched_getaffinity(0)))  # fmt: skip
+    log(f"bare forward: {result.forward.cell()}")
+    for sub_batch, threads in splits:
+        s = Scorer.load(model, backend=backend, sub_batch=sub_batch, threads=threads)
+        try:
+            result.in_process[(sub_batch, threads)] = time_calls(lambda: s.recommend(context, cands, 10), requests, warmup)
+        finally:
+            s.close()
+        log(f"in-process {sub_batch} x {threads}: {result.in_process[(sub_batch, threads)].cell()}")
+    if http:
+        todo = list(splits if http_splits is None else http_splits)
+        servers = [ServerProcess(model, sb, th, backend, wait=False) for sb, th in todo]  # start together, then time each alone
+        try:
+            for (sub_batch, threads), srv in zip(todo, servers):
+                srv.wait()
+                result.http[(sub_batch, threads)] = time_http(srv.url, body, requests, warmup)
+                log(f"HTTP {sub_batch} x {threads}: {result.http[(sub_batch, threads)].cell()}")
+            best = min(todo, key=lambda k: result.http[k].p50)
+            rps, lat = http_throughput(servers[todo.index(best)].url, body, clients, seconds)
+        finally:
+            for srv in servers:
+                srv.close()
+        result.throughput = {"split": best, "clients": clients, "rps": rps, "p50": lat.p50, "p99": lat.p99}
+        log(f"throughput: {rps:.0f} requests/s with {clients} clients")
+    return result
