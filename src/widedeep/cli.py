@@ -35,9 +35,11 @@ def _train(args: argparse.Namespace) -> int:
         argv += ["--resume"] if args.resume else []
         argv += ["--warm-start", str(args.warm_start)] if args.warm_start else []
         return launch_local(args.nproc, argv)
+    from widedeep.train.distributed import teardown
     from widedeep.train.loop import train
 
     train(load(args.config), resume=args.resume, warm_start=args.warm_start, device=args.device)
+    teardown()  # leave the torchrun process group, if any
     return 0
 
 

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,6 +124,13 @@ def row_range(n: int, rank: int, world: int, equal: bool = True) -> tuple[int, i
     return rank * n // world, (rank + 1) * n // world
 
 
+def local_batch(batch_size: int, d: Dist) -> int:
+    """Rows per rank and step: `batch_size` is the global batch, split evenly over the ranks."""
+    if batch_size < d.world:
+        raise ValueError(f"[train] batch_size = {batch_size} is smaller than the {d.world} processes it is split over")
+    return batch_size // d.world
+
+
 def rank_part(shards: Sequence[Encoded], d: Dist) -> list[Encoded]:
     """This rank's contiguous part of the rows of `shards` (all parts together cover every row once): for evaluation.
 
@@ -221,6 +229,27 @@ def sync_sparse_grads(model: nn.Module, d: Dist) -> None:
         all_val = torch.cat(_all_gather_rows(val, d))  # (nnz_total, D)
         g = torch.sparse_coo_tensor(all_idx[None, :], all_val / d.world, p.shape).coalesce()
         p.grad = g
+
+
+def trainer_hooks(model: nn.Module, d: Dist) -> dict[str, Any]:
+    """The data-parallel hooks of `Trainer` (forward through DDP, sparse-gradient sync, eval gather); none for one process."""
+    if not d.enabled:
+        return {}
+    return {
+        "forward_module": wrap_model(model, d),
+        "sync_grads": lambda: sync_sparse_grads(model, d),
+        "gather": lambda labels, probs: gather_eval(labels, probs, d),
+    }
+
+
+class NullLog:
+    """The metrics log of ranks other than 0: they write nothing."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from widedeep.train.checkpoint import (
     restore,
     save_checkpoint,
 )
+from widedeep.train import distributed as wd_dist
 from widedeep.train.data import ShardLoader
 
 EVAL_BATCH = 8192
@@ -114,10 +115,12 @@ class Trainer:
         *,
         forward_module: torch.nn.Module | None = None,
         sync_grads: Callable[[], None] | None = None,
+        gather: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
     ):
         self.model, self.optimizers, self.device, self.bf16 = model, dict(optimizers), device, bf16
         self.forward_module = forward_module or model
         self.sync_grads = sync_grads
+        self.gather = gather  # data-parallel: (labels, probs) of this rank's eval part -> those of the whole eval set
 
     def autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
@@ -155,7 +158,10 @@ class Trainer:
     def evaluate(self, shards: Sequence[Encoded]) -> dict[str, float]:
         """AUC, logloss, calibration (mean prediction / mean label) on `shards` (scikit-learn AUC)."""
         labels = np.concatenate([np.asarray(s.label) for s in shards if len(s)])
-        return binary_metrics(labels, self.predict(shards))
+        probs = self.predict(shards)
+        if self.gather is not None:
+            labels, probs = self.gather(labels, probs)
+        return binary_metrics(labels, probs)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -249,7 +255,13 @@ def train(
     from widedeep.features.shards import open_split
     from widedeep.features.transform import FeatureSet
 
-    prepared = _prepared(cfg, progress)
+    if wd_dist.env_world() > 1:  # under torchrun: every rank fits and encodes its part of the files (if stale)
+        from widedeep.features.distributed import prepare_distributed
+
+        wd_dist.setup(cfg.train.device if device == "auto" else device)
+        prepared = prepare_distributed(cfg, verbose=progress)
+    else:
+        prepared = _prepared(cfg, progress)
     fs = FeatureSet.load(prepared / "features.json")
     train_shards = open_split(prepared, "train")
     eval_shards = open_split(prepared, "eval") if cfg.data.eval else []
@@ -277,13 +289,14 @@ def fit(
     from widedeep.optim.groups import build_optimizers
 
     tc = cfg.train
-    dev = resolve_device(tc.device if device == "auto" else device)
+    d = wd_dist.setup(tc.device if device == "auto" else device)  # rank/world under torchrun; (0, 1) otherwise
+    dev = d.device
     ckpt_dir, model_dir = cfg.out_dir / "checkpoints", cfg.out_dir / "model"
     fingerprint = run_fingerprint(cfg, data_fingerprint(fs))
-    eval_shards = [s for s in eval_shards if len(s)]
+    eval_shards = wd_dist.rank_part([s for s in eval_shards if len(s)], d)  # each rank scores its part
     if tc.early_stopping and not eval_shards:
         raise ValueError(f"{cfg.path}: [train] early_stopping = {tc.early_stopping} needs eval data ([data] eval is empty)")
-    loader = ShardLoader(train_shards, tc.batch_size, seed=tc.seed)
+    loader = ShardLoader(train_shards, wd_dist.local_batch(tc.batch_size, d), seed=tc.seed, rank=d.rank, world=d.world)
 
     torch.manual_seed(tc.seed)
     model = WideDeep.build(cfg.model, fs).to(dev)
@@ -311,10 +324,10 @@ def fit(
         load_previous(model, optimizers, Path(warm_start), fs)
 
     bf16 = use_bf16(tc.bf16, dev)
-    trainer = Trainer(model, optimizers, dev, bf16)
-    log = MetricsLog(cfg.out_dir / "metrics.jsonl", state.step if resume else None)
+    trainer = Trainer(model, optimizers, dev, bf16, **wd_dist.trainer_hooks(model, d))
+    log = MetricsLog(cfg.out_dir / "metrics.jsonl", state.step if resume else None) if d.is_main else wd_dist.NullLog()
     steps_per_epoch = len(loader)
-    bar = _progress_bar(progress, loader.rows * tc.epochs, min(state.examples, loader.rows * tc.epochs))
+    bar = _progress_bar(progress and d.is_main, loader.rows * tc.epochs, min(state.examples, loader.rows * tc.epochs))
     last_eval: tuple[int, dict[str, float]] | None = None
     window = {"loss": torch.zeros((), device=dev), "steps": 0, "examples": 0, "seconds": 0.0}
 
@@ -344,7 +357,8 @@ def fit(
 
     def checkpoint() -> None:
         keep_best = best if tc.early_stopping and state.best_step != state.step else None
-        save_checkpoint(ckpt_dir, model, optimizers, state, fingerprint, best=keep_best)
+        if d.is_main:
+            save_checkpoint(ckpt_dir, model, optimizers, state, fingerprint, best=keep_best)
 
     budget_left = lambda: max_steps is None or state.step < max_steps  # noqa: E731
     threads = torch.get_num_threads()
@@ -357,7 +371,7 @@ def fit(
                 if cfg.model.dropout:
                     torch.manual_seed(step_seed(tc.seed, state.step))
                 loss = trainer.step(batch)
-                n = len(batch)
+                n = len(batch) * d.world  # examples over all ranks
                 state.step, state.batch, state.examples = state.step + 1, state.batch + 1, state.examples + n
                 window["loss"] += loss
                 window["steps"] += 1
@@ -413,8 +427,10 @@ def fit(
         else None,
         "loop": asdict(state),
     }
-    save_model(model_dir, model, fs, cfg, metrics, optimizers=optimizers)
-    if progress and final is not None:
+    if d.is_main:
+        save_model(model_dir, model, fs, cfg, metrics, optimizers=optimizers)
+    wd_dist.barrier(d)
+    if progress and d.is_main and final is not None:
         print(
             f"widedeep train: {state.step} steps, {metrics['examples_per_s']:,.0f} examples/s; eval AUC {final['auc']:.4f} "
             f"logloss {final['logloss']:.4f} calibration {final['calibration']:.3f} -> {model_dir}",
