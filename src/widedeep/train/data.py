@@ -11,6 +11,7 @@ truncated so that all ranks run the same number of steps.
 
 from __future__ import annotations
 
+import mmap
 import queue
 import threading
 from dataclasses import dataclass
@@ -90,7 +91,11 @@ class ShardLoader:
 
     def _slices(self, epoch: int, start: int) -> Iterator[tuple[int, np.ndarray]]:
         cached: tuple[int, np.ndarray] | None = None
+        last: int | None = None
         for s in self.plan(epoch)[start:]:
+            if last is not None and last != s.shard:
+                release_pages(self.shards[last])  # done with it this epoch: resident memory stays about one shard
+            last = s.shard
             if not self.shuffle:
                 yield s.shard, np.arange(s.start, s.stop)
                 continue
@@ -107,6 +112,15 @@ class ShardLoader:
             yield from gen
             return
         yield from _prefetched(gen, self.prefetch)
+
+
+def release_pages(enc: Encoded) -> None:
+    """Drop a memory-mapped shard's pages from this process (they stay in the page cache; the next read faults them
+    back in). Without this, every page touched in an epoch stays resident and RSS grows with the data set."""
+    arrays = [enc.ids, enc.dense, enc.label, *(a for pair in enc.lists.values() for a in pair)]
+    for m in {id(a._mmap): a._mmap for a in arrays if getattr(a, "_mmap", None) is not None}.values():
+        if hasattr(m, "madvise") and hasattr(mmap, "MADV_DONTNEED") and not m.closed:
+            m.madvise(mmap.MADV_DONTNEED)
 
 
 _DONE = object()
