@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from widedeep.features.hashing import string_buffers
+
 Kind = Literal["string", "list", "float"]
 
 
@@ -72,8 +74,8 @@ def as_strings(col: pa.Array | pa.ChunkedArray, name: str) -> Strings:
     else:
         raise FeatureError(name, f"column {name!r} has dtype {t}; a categorical/hashed feature needs strings or integers")
     dictionary = d.dictionary if _is_text(d.dictionary.type) else d.dictionary.cast(pa.string())
-    indices = d.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-    return Strings(indices, dictionary)
+    ix = d.indices if d.null_count == 0 else d.indices.fill_null(-1)
+    return Strings(np.asarray(ix.to_numpy(zero_copy_only=False), dtype=np.int32), dictionary)
 
 
 def as_lists(col: pa.Array | pa.ChunkedArray, name: str, delimiter: str) -> Lists:
@@ -91,9 +93,13 @@ def as_lists(col: pa.Array | pa.ChunkedArray, name: str, delimiter: str) -> List
     ):
         raise FeatureError(name, f"column {name!r} has dtype {t}; a multi-valued feature needs list<string> or a delimited string")
     n = len(col)
-    null = col.is_null().to_numpy(zero_copy_only=False)
-    flat = pc.list_flatten(col)
-    lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    if col.null_count == 0:
+        null = np.zeros(n, bool)
+        flat, lengths = col.flatten(), np.diff(np.asarray(col.offsets, dtype=np.int64))
+    else:
+        null = col.is_null().to_numpy(zero_copy_only=False)
+        flat = pc.list_flatten(col)
+        lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     elements = as_strings(flat, name)
     valid = elements.indices >= 0
     empty = empty_entries(elements.dictionary)
@@ -112,7 +118,10 @@ def empty_entries(dictionary: pa.Array) -> np.ndarray | None:
     """Mask of the dictionary entries that are the empty string (None when there are none)."""
     if len(dictionary) == 0:
         return None
-    m = pc.equal(pc.binary_length(dictionary), 0).fill_null(False).to_numpy(zero_copy_only=False)
+    offsets, _ = string_buffers(dictionary)
+    m = offsets[1:] == offsets[:-1]
+    if dictionary.null_count:
+        m &= dictionary.is_valid().to_numpy(zero_copy_only=False)
     return m if m.any() else None
 
 
@@ -174,7 +183,19 @@ def _column(values: list, kind: Kind, name: str) -> pa.Array:
         try:
             return pa.array(values, pa.string())
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-            return pa.array([_token(v, name, i) for i, v in enumerate(values)], pa.string())
+            pass
+        try:  # all integers (ids): the transform casts them to their canonical decimal strings
+            arr = pa.array(values)
+            if pa.types.is_integer(arr.type):
+                return arr
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            pass
+        return pa.array([_token(v, name, i) for i, v in enumerate(values)], pa.string())
+    if not any(isinstance(v, str) for v in values):  # a str would be split into characters by pa.array
+        try:
+            return pa.array(values, pa.list_(pa.string()))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+            pass
     out = []
     for i, v in enumerate(values):
         if v is None:

@@ -28,7 +28,7 @@ def splitmix64(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(31))
 
 
-def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+def string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(offsets int64 (n+1,), data uint8) of a string array, honouring slices."""
     if pa.types.is_string_view(arr.type) or not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         arr = arr.cast(pa.string())
@@ -46,7 +46,7 @@ def hash_strings(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     n = len(arr)
     if n == 0:
         return np.zeros(0, np.uint64)
-    offsets, data = _string_buffers(arr)
+    offsets, data = string_buffers(arr)
     starts, lengths = offsets[:-1], np.diff(offsets)
     # Longest strings first, so the strings still active at byte position j are a prefix: one vectorized step per position.
     order = np.argsort(-lengths, kind="stable")

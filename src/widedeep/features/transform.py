@@ -270,8 +270,10 @@ class FeatureSet:
             null = np.isnan(x)
             q = self.quantiles_[f.name]
             i = q.bucketize(x)
-            ids = np.where(null, 1, i + 2).astype(np.int32)
-            value = np.where(null, np.float32(0), q.normalize(i)).astype(np.float32)
+            ids = (i + 2).astype(np.int32)
+            ids[null] = 1
+            value = q.normalize(i)
+            value[null] = 0.0
             tokens = Tokens(hash_ints(i, _BUCKET_SALT), None, null) if want_tokens else None
             return _Col(ids, None, (value, null.astype(np.float32)), tokens)
         if f.multi_valued:
