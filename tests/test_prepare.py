@@ -119,3 +119,22 @@ def test_write_shard_is_atomic_and_round_trips(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00000"]
     shutil.rmtree(tmp_path / "part-00000")
     assert open_split(tmp_path, "train") == []
+
+
+def test_csv_inputs_are_checked_and_prepared(project: Path) -> None:
+    import pyarrow.csv as pcsv
+
+    t = make_log(300, seed=4)
+    joined = pa.array(["|".join(x) for x in t["installed_apps"].to_pylist()], pa.string())
+    t = t.set_column(1, "installed_apps", joined)
+    pcsv.write_csv(t, project.parent / "train.csv")
+    pcsv.write_csv(t.slice(0, 100), project.parent / "eval.csv")
+    text = TINY_CONFIG.replace("train.parquet", "train.csv").replace("eval.parquet", "eval.csv")
+    project.write_text(text)
+    out = prepare(load(project), verbose=False)
+    fs = FeatureSet.load(out / "features.json")
+    assert fs.rows_ == 300 and len(fs.vocabulary("installed_apps")) == 30
+    bad = t.set_column(4, "age", pa.array(["x"] * 300))
+    pcsv.write_csv(bad, project.parent / "train.csv")
+    with pytest.raises(ValueError, match=r"train\.csv: cannot read.*conversion error to double"):
+        prepare(load(project), verbose=False)

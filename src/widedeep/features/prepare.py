@@ -65,8 +65,7 @@ def is_fresh(cfg: Config) -> bool:
 
 
 def _read_types(fs: FeatureSet) -> dict[str, pa.DataType]:
-    """CSV column types: token columns stay strings (so "007" is not read as 7), continuous ones are numbers."""
-    return {f.source: pa.float64() if f.type == "continuous" else pa.string() for f in fs.features}
+    return fs.read_types()
 
 
 def check_inputs(fs: FeatureSet, inputs: dict[str, list[Path]]) -> dict[str, int]:
@@ -80,10 +79,13 @@ def check_inputs(fs: FeatureSet, inputs: dict[str, list[Path]]) -> dict[str, int
             for f in fs.features:
                 if f.source not in sch.names:
                     raise FeatureError(f.source, f"{path}: missing column {f.source!r} (columns: {sch.names})")
-                if file_format(path) == "parquet":
-                    _check_dtype(f, sch.field(f.source).type, path)
             if fs.label not in sch.names:
                 raise FeatureError(fs.label, f"{path}: missing label column {fs.label!r} (columns: {sch.names})")
+            if file_format(path) == "csv":  # types come from parsing: convert the first block as the fit will
+                sch = next(_batches(fs, [path]), pa.record_batch({})).schema
+            for f in fs.features:
+                if f.source in sch.names:
+                    _check_dtype(f, sch.field(f.source).type, path)
             n = 0
             for batch in iter_batches([path], columns=[fs.label]):
                 try:

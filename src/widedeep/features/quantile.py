@@ -44,7 +44,7 @@ class Quantiles:
         self.count_ += len(x)
         self.min_, self.max_ = min(self.min_, float(x.min())), max(self.max_, float(x.max()))
         if self._sketch is None and self._exact_n + len(x) <= self.exact_limit:
-            self._exact.append(x.copy())
+            self._exact.append(x)  # x is already a copy (boolean mask)
             self._exact_n += len(x)
         else:
             self._to_sketch().update(x)

@@ -150,6 +150,11 @@ class FeatureSet:
         self._finalize()
         return self.quantiles_[name].boundaries_
 
+    def read_types(self) -> dict[str, pa.DataType]:
+        """Column types to read CSV files with: token columns stay strings (so "007" is not read as 7), continuous
+        ones are numbers. Pass them as `iter_batches(..., types=...)` wherever CSV data meets this FeatureSet."""
+        return {f.source: pa.float64() if f.type == "continuous" else pa.string() for f in self.features}
+
     def _ragged_cross(self, c: CrossSpec) -> bool:
         return any(self._spec[n].multi_valued for n in c.columns)
 
