@@ -62,7 +62,7 @@ class Scorer:
         self.sub_batch, self.threads = sub_batch, threads
         self.version, self.meta = version, dict(meta or {})
         self.context_half = context_half and isinstance(network, TorchNetwork)
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="widedeep-score") if threads > 1 else None
+        self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="widedeep-score") if threads > 1 else None
         self._list_slots: tuple[str, ...] = tuple(features.list_slots)
 
     @classmethod
@@ -102,7 +102,8 @@ class Scorer:
             raise RequestError("instances", f"expected a list of objects, got {_kind(instances)}")
         if not instances:
             raise RequestError("instances", "expected at least one instance, got an empty list")
-        for i in _non_objects(instances):
+        i = _first_non_object(instances)
+        if i is not None:
             raise RequestError(f"instances[{i}]", f"expected an object, got {_kind(instances[i])}")
         enc = self._transform(lambda: self.features.transform_records(instances), "instances", None, instances)
         return _sigmoid(self._logits(enc, None))
@@ -117,7 +118,8 @@ class Scorer:
             raise RequestError("candidates", "expected at least one candidate, got an empty list")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise RequestError("k", f"expected a positive integer, got {k!r}")
-        for i in _non_objects(candidates):
+        i = _first_non_object(candidates)
+        if i is not None:
             raise RequestError(f"candidates[{i}]", f"expected an object, got {_kind(candidates[i])}")
         enc = self._transform(lambda: self.features.transform_request(context, candidates), "candidates", context, candidates)
         p = _sigmoid(self._logits(enc, frozenset(context)))
@@ -159,9 +161,9 @@ class Scorer:
         starts = list(range(0, n, self.sub_batch))
         if len(starts) == 1 or self._pool is None:
             parts = [run(a, min(a + self.sub_batch, n)) for a in starts]
-        else:
-            futures = [self._pool.submit(run, a, min(a + self.sub_batch, n)) for a in starts]
-            parts = [f.result() for f in futures]
+        else:  # the calling thread scores the first sub-batch itself: `threads` in all, no idle hand-off
+            futures = [self._pool.submit(run, a, min(a + self.sub_batch, n)) for a in starts[1:]]
+            parts = [run(0, min(self.sub_batch, n))] + [f.result() for f in futures]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
@@ -195,8 +197,8 @@ def _onnx_file(model_dir: Path) -> Path:
     return out
 
 
-def _non_objects(rows: Sequence[Any]) -> list[int]:
-    return [i for i, r in enumerate(rows) if not isinstance(r, dict)][:1]
+def _first_non_object(rows: Sequence[Any]) -> int | None:
+    return next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
 
 
 def _kind(value: Any) -> str:
