@@ -9,10 +9,12 @@ the input names, the sha256 of the ONNX file and of the weights it was exported 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,7 +95,7 @@ def export_network(module: torch.nn.Module, layout: FeatureLayout, out: Path | s
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         tmp = tmp_dir / out.name
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet("torch.onnx"):
             warnings.simplefilter("ignore")  # the exporter warns about its own internals (tree specs, axis renames)
             program = torch.onnx.export(
                 net,
@@ -145,6 +147,18 @@ def _parity(module: torch.nn.Module, layout: FeatureLayout, onnx_path: Path) -> 
         want = module.forward_tensors(ids, dense, *lists).float().numpy()
     got = net(ids.numpy(), dense.numpy(), [t.numpy() for t in lists])
     return float(np.abs(got - want).max(initial=0.0))
+
+
+@contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Raise a logger to ERROR for the block (the exporter logs which optional operator libraries are not installed)."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _opset(path: Path) -> int:

@@ -76,9 +76,9 @@ class ValidationReport:
         lines += [f"  [{'ok' if c.passed else 'FAIL':>4}] {c.name:<{width}}  {c.detail}" for c in self.checks]
         if self.metrics:
             cols = [k for k in ("new", "current") if k in self.metrics]
-            lines.append("  " + f"{'metric':<12}" + "".join(f"{k:>12}" for k in cols))
+            lines.append("  " + f"{'metric':<16}" + "".join(f"{k:>12}" for k in cols))
             for m in ("auc", "logloss", "calibration", "mean_prediction", "mean_label", "examples"):
-                lines.append("  " + f"{m:<12}" + "".join(f"{self.metrics[k].get(m, float('nan')):>12.6g}" for k in cols))
+                lines.append("  " + f"{m:<16}" + "".join(f"{self.metrics[k].get(m, float('nan')):>12.6g}" for k in cols))
         return "\n".join(lines)
 
 
@@ -152,7 +152,7 @@ def _load(report: ValidationReport, check: str, model_dir: Path | str) -> Model 
     try:
         model = Model.load(model_dir)
     except (ValueError, FileNotFoundError, OSError, KeyError, RuntimeError) as e:
-        report.add(check, False, f"cannot load {model_dir}: {e}")
+        report.add(check, False, f"cannot load the model: {e}")
         return None
     report.add(check, True, f"{model_dir}: checksums verified, version {model.version}")
     return model
@@ -160,7 +160,7 @@ def _load(report: ValidationReport, check: str, model_dir: Path | str) -> Model 
 
 def _compare(report: ValidationReport, cur: np.ndarray, labels: np.ndarray, auc_tol: float, ll_tol: float) -> None:
     bad = int((~np.isfinite(cur)).sum())
-    if not report.add("current_finite", bad == 0, f"the current model gives {bad} NaN or infinite scores" if bad else "ok"):
+    if not report.add("current_finite", bad == 0, f"the current model gives {bad} NaN or infinite scores" if bad else "no NaN or infinite scores"):
         return
     report.metrics["current"] = binary_metrics(labels, cur)
     new, old = report.metrics["new"], report.metrics["current"]
