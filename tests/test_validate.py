@@ -138,3 +138,17 @@ def test_cli_exit_codes(tiny_model: Path, variants: dict[str, Path], holdout: Pa
     capsys.readouterr()
     assert main(["validate", str(variants["nan"]), "--data", str(holdout)]) == 1
     assert main(["validate", str(tiny_model), "--data", str(holdout), "--auc-tolerance", "-1"]) == 2
+
+
+def test_holdout_files_with_extra_or_missing_columns(tiny_model: Path, holdout: Path, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    table = pq.read_table(holdout)
+    pq.write_table(table.append_column("unused", pa.array(["x"] * table.num_rows)), tmp_path / "extra.parquet")
+    with_extra = validate(tiny_model, tiny_model, tmp_path / "extra.parquet")
+    assert with_extra.passed, with_extra.to_text()
+    assert with_extra.metrics["new"] == validate(tiny_model, None, table).metrics["new"]
+    pq.write_table(table.drop(["price"]), tmp_path / "missing.parquet")
+    report = validate(tiny_model, None, tmp_path / "missing.parquet")
+    assert failed(report) == ["score"]
+    assert "price" in report.checks[-1].detail

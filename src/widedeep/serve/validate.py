@@ -13,12 +13,13 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 
 from widedeep.artifact import PREDICT_BATCH, Model, to_table
+from widedeep.features.columns import as_label
 from widedeep.metrics import binary_metrics
 
 AUC_TOLERANCE = 0.002
@@ -180,37 +181,30 @@ def _compare(report: ValidationReport, cur: np.ndarray, labels: np.ndarray, auc_
 
 def _score(models: dict[str, Model], data: str | Path | pa.Table, label: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Read the holdout once, in batches; return its labels and each model's probabilities (not checked for NaN)."""
+    columns = sorted({label}.union(*(m.features.input_columns for m in models.values())))
     labels: list[np.ndarray] = []
     probs: dict[str, list[np.ndarray]] = {k: [] for k in models}
-    for table in _batches(data):
-        labels.append(_labels(table, label))
+    for table in _batches(data, columns):
+        if label not in table.column_names:
+            raise ValueError(f"label column {label!r} not found in the holdout (columns: {table.column_names})")
+        labels.append(as_label(table.column(label), label))  # the transform's own label check: 0/1, no nulls
         for k, m in models.items():
             probs[k].append(m.predict(table))
     if not labels:
         return np.zeros(0), {k: np.zeros(0, dtype=np.float32) for k in models}
-    return np.concatenate(labels), {k: np.concatenate(v) for k, v in probs.items()}
+    return np.concatenate(labels).astype(np.float64), {k: np.concatenate(v) for k, v in probs.items()}
 
 
-def _batches(data: str | Path | pa.Table) -> Iterable[pa.Table]:
+def _batches(data: str | Path | pa.Table, columns: list[str]) -> Iterator[pa.Table]:
+    """Tables of at most PREDICT_BATCH rows: files are streamed reading only `columns` (those present), tables sliced."""
     if isinstance(data, (str, Path)):
-        from widedeep.features.io import iter_batches, resolve_paths
+        from widedeep.features.io import iter_batches, resolve_paths, schema
 
-        for rb in iter_batches(resolve_paths(str(data), Path.cwd()), batch_rows=PREDICT_BATCH):
+        paths = resolve_paths(str(data), Path.cwd())
+        present = set(schema(paths[0]).names)
+        for rb in iter_batches(paths, columns=[c for c in columns if c in present], batch_rows=PREDICT_BATCH):
             yield pa.Table.from_batches([rb])
         return
     table = to_table(data)
     for i in range(0, table.num_rows, PREDICT_BATCH):
         yield table.slice(i, PREDICT_BATCH)
-
-
-def _labels(table: pa.Table, label: str) -> np.ndarray:
-    if label not in table.column_names:
-        raise ValueError(f"label column {label!r} not found in the holdout (columns: {table.column_names})")
-    col = table.column(label)
-    if col.null_count:
-        raise ValueError(f"label column {label!r} has {col.null_count} null values")
-    y = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
-    bad = ~np.isin(y, (0.0, 1.0))
-    if bad.any():
-        raise ValueError(f"label column {label!r} must hold 0/1 values, got {y[bad][0]!r}")
-    return y
