@@ -44,6 +44,7 @@ def compare(cfg: Config, device: str = "auto", progress: bool = False) -> dict[s
             model=replace(shared.model, type=kind),
             train=replace(shared.train, out=str((out / kind).resolve())),
         )
+        print(f"compare: training {LABELS[kind]} -> {sub.out_dir}", flush=True)
         start = time.perf_counter()
         model_dir = train(sub, device=device, progress=progress)
         wall = time.perf_counter() - start
