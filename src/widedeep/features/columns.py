@@ -26,7 +26,7 @@ class FeatureError(ValueError):
     """Bad input for one field or column (missing, wrong type); `field` names it. Serving maps it to HTTP 4xx."""
 
     def __init__(self, field: str, message: str):
-        super().__init__(f"{field!r}: {message}")
+        super().__init__(message if repr(field) in message else f"{field!r}: {message}")
         self.field = field
 
 
