@@ -119,6 +119,9 @@ def main() -> None:
         F.binary_cross_entropy_with_logits(mlp(x), b.label).backward()
         mlp_opt.step()
 
+    # Multiply-adds of one example through the MLP; forward + backward (weight and input gradients) is 3x that, in FLOPs 6x.
+    widths = [model.deep.in_dim, *hidden, 1]
+    flop = 6 * sum(a * b for a, b in zip(widths, widths[1:]))
     t_mlp = timed(bare_mlp, args.steps, args.warmup)
     t_fb = timed(forward_backward, args.steps, args.warmup)
     t_full = timed(full, args.steps, args.warmup)
@@ -128,6 +131,8 @@ def main() -> None:
         "deep_input_dim": model.deep.in_dim,
         "hidden": list(hidden),
         "parameters": model.architecture()["parameters"],
+        "mlp_mflop_per_example": round(flop / 1e6, 2),
+        "bare_mlp_gflop_per_s": round(flop * args.batch / t_mlp / 1e9, 1),
         "bare_mlp_examples_per_s": round(args.batch / t_mlp),
         "forward_backward_examples_per_s": round(args.batch / t_fb),
         "train_step_examples_per_s": round(args.batch / t_full),
