@@ -59,8 +59,7 @@ def criteo_like(n_rows: int, seed: int = 0, chunk_rows: int = 1 << 18) -> Iterat
             r = np.minimum(np.searchsorted(cdf, rng.random(n)), v - 1)
             cols[j] = r
             mask = rng.random(n) < NULL_C[j] if j in NULL_C else None
-            arr = tokens[j].take(pa.array(r))
-            cols[f"C{j + 1}"] = arr if mask is None else pa.array(arr.to_numpy(zero_copy_only=False), pa.string(), mask=mask)
+            cols[f"C{j + 1}"] = tokens[j].take(pa.array(r, mask=mask))  # a null index takes a null
         for j in range(4):
             logit += _effect(cols[j], 11 + j, 0.6)
         logit += _effect(cols[0] * 1_000_003 + cols[1], 101, 0.8) + _effect(cols[2] * 1_000_003 + cols[3], 102, 0.8)
