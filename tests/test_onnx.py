@@ -76,7 +76,9 @@ def test_parity_on_random_batches(model: Model, net: OnnxNetwork, rows: int, max
     got = sigmoid(net(ids.numpy(), dense.numpy(), {s: t.numpy() for s, t in zip(model.features.list_slots, lists)}))
     assert np.abs(got - want).max() <= TOL
     # Lists may also be passed positionally, in list-slot order.
-    assert np.array_equal(net(ids.numpy(), dense.numpy(), [t.numpy() for t in lists]), net(ids.numpy(), dense.numpy(), dict(zip(model.features.list_slots, [t.numpy() for t in lists]))))
+    arrays = [t.numpy() for t in lists]
+    by_name = net(ids.numpy(), dense.numpy(), dict(zip(model.features.list_slots, arrays)))
+    assert np.array_equal(net(ids.numpy(), dense.numpy(), arrays), by_name)
 
 
 def test_graph_has_named_inputs_and_dynamic_axes(model: Model, net: OnnxNetwork) -> None:
@@ -97,7 +99,8 @@ def test_graph_has_named_inputs_and_dynamic_axes(model: Model, net: OnnxNetwork)
 def test_sidecar_records_inputs_and_weights(exported: Path, model: Model) -> None:
     side = json.loads((exported / "onnx.json").read_text())
     assert side["weights_sha256"] == model.meta["files"]["model.safetensors"]["sha256"]
-    assert side["inputs"] == {"ids": list(model.features.id_slots), "dense": list(model.features.dense_names), "lists": list(model.features.list_slots)}
+    fs = model.features
+    assert side["inputs"] == {"ids": list(fs.id_slots), "dense": list(fs.dense_names), "lists": list(fs.list_slots)}
     assert side["export_max_abs_logit_diff"] <= 1e-4
     assert sidecar_path(exported / "model.onnx") == exported / "onnx.json"
     assert sidecar_path(exported / "net.onnx") == exported / "net.onnx.json"

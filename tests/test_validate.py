@@ -41,8 +41,10 @@ def test_good_model_passes_against_itself(tiny_model: Path, holdout: Path) -> No
     report = validate(tiny_model, tiny_model, pq.read_table(holdout))
     assert report.passed, report.to_text()
     names = [c.name for c in report.checks]
-    for name in ("load", "load_current", "score", "finite", "range", "not_constant", "auc_defined", "auc_vs_current", "logloss_vs_current"):
-        assert name in names
+    assert names == [
+        "load", "load_current", "score", "finite", "range", "not_constant", "auc_defined", "current_finite", "auc_vs_current",
+        "logloss_vs_current",
+    ]
     assert report.metrics["new"] == report.metrics["current"]
     assert report.metrics["new"]["examples"] == 500
     assert "PASSED" in report.to_text()

@@ -83,14 +83,15 @@ def _export(args: argparse.Namespace) -> int:
 
 def _tolerances(s: argparse.ArgumentParser) -> None:
     s.add_argument("--data", type=str, required=True, help="holdout file, glob or directory with the label column")
-    s.add_argument("--auc-tolerance", type=float, default=0.002, help="largest AUC drop vs the current model that passes (absolute)")
-    s.add_argument("--logloss-tolerance", type=float, default=0.01, help="largest logloss rise vs the current model that passes (absolute)")
+    s.add_argument("--auc-tolerance", type=float, default=0.002, help="largest AUC drop vs the current model that passes")
+    s.add_argument("--logloss-tolerance", type=float, default=0.01, help="largest logloss rise vs the current model that passes")
 
 
 def _validate(args: argparse.Namespace) -> int:
     from widedeep.serve.validate import validate
 
-    report = validate(args.new, args.against, args.data, auc_tolerance=args.auc_tolerance, logloss_tolerance=args.logloss_tolerance)
+    tolerances = {"auc_tolerance": args.auc_tolerance, "logloss_tolerance": args.logloss_tolerance}
+    report = validate(args.new, args.against, args.data, **tolerances)
     print(report.to_json() if args.json else report.to_text())
     return 0 if report.passed else 1
 

@@ -209,7 +209,8 @@ class OnnxNetwork:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+            providers = providers or ["CPUExecutionProvider"]
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for unreadable graphs
             raise ArtifactError(f"{self.path}: onnxruntime cannot load the model ({e})") from None
         names = [i.name for i in self.session.get_inputs()]
@@ -228,7 +229,8 @@ class OnnxNetwork:
         if not isinstance(lists, Mapping):
             lists = list(lists)
             if len(lists) != len(self.list_slots):
-                raise ValueError(f"{self.path}: got {len(lists)} list matrices, expected {len(self.list_slots)} {list(self.list_slots)}")
+                want = f"{len(self.list_slots)} {list(self.list_slots)}"
+                raise ValueError(f"{self.path}: got {len(lists)} list matrices, expected {want}")
             lists = dict(zip(self.list_slots, lists))
         for slot in self.list_slots:
             if slot not in lists:

@@ -89,7 +89,8 @@ class Registry:
         """The directory of the current version; raises if nothing has been promoted yet."""
         version = self.current_version()
         if version is None:
-            raise RegistryError(f"{self.root}: no current version; promote one with `widedeep promote MODEL --registry {self.root}`")
+            hint = f"promote one with `widedeep promote MODEL --registry {self.root}`"
+            raise RegistryError(f"{self.root}: no current version; {hint}")
         return self.path(version)
 
     def history(self) -> list[dict[str, Any]]:

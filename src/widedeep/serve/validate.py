@@ -161,7 +161,8 @@ def _load(report: ValidationReport, check: str, model_dir: Path | str) -> Model 
 
 def _compare(report: ValidationReport, cur: np.ndarray, labels: np.ndarray, auc_tol: float, ll_tol: float) -> None:
     bad = int((~np.isfinite(cur)).sum())
-    if not report.add("current_finite", bad == 0, f"the current model gives {bad} NaN or infinite scores" if bad else "no NaN or infinite scores"):
+    detail = f"the current model gives {bad} NaN or infinite scores" if bad else "no NaN or infinite scores"
+    if not report.add("current_finite", bad == 0, detail):
         return
     report.metrics["current"] = binary_metrics(labels, cur)
     new, old = report.metrics["new"], report.metrics["current"]
