@@ -91,7 +91,8 @@ def as_lists(col: pa.Array | pa.ChunkedArray, name: str, delimiter: str) -> List
     elif not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not (
         _is_token(t.value_type) or (pa.types.is_dictionary(t.value_type) and _is_token(t.value_type.value_type))
     ):
-        raise FeatureError(name, f"column {name!r} has dtype {t}; a multi-valued feature needs list<string> or a delimited string")
+        need = "list<string> or a delimited string"
+        raise FeatureError(name, f"column {name!r} has dtype {t}; a multi-valued feature needs {need}")
     n = len(col)
     if col.null_count == 0:
         null = np.zeros(n, bool)

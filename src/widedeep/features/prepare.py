@@ -200,7 +200,8 @@ def prepare(cfg: Config, force: bool = False, verbose: bool = True, cache_bytes:
         raise
     if verbose:
         sizes = ", ".join(f"{f.name}={n}" for f, n in zip(fs.features, fs.cardinality.values()) if f.type != "hashed")
-        print(f"prepare: {rows['train']} train + {rows.get('eval', 0)} eval rows in {time.perf_counter() - start:.1f}s -> {out}")
+        took = time.perf_counter() - start
+        print(f"prepare: {rows['train']} train + {rows.get('eval', 0)} eval rows in {took:.1f}s -> {out}")
         print(f"prepare: table sizes {sizes}")
     return out
 

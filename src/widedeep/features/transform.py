@@ -13,9 +13,9 @@ import json
 import os
 import re
 import tempfile
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from concurrent.futures import Executor
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -100,6 +100,11 @@ class FeatureSet:
             if f.type == "hashed" and f.buckets < 1:
                 raise ValueError(f"hashed feature {f.name!r} needs buckets >= 1, got {f.buckets}")
         self._in_cross = {n for c in self.crosses for n in c.columns}
+        ragged = {c.name for c in self.crosses if any(self._spec[n].multi_valued for n in c.columns)}
+        scalar = [f.name for f in self.features if not f.multi_valued]
+        self._id_slots = tuple(scalar + [c.name for c in self.crosses if c.name not in ragged])
+        multi = [f.name for f in self.features if f.multi_valued]
+        self._list_slots = tuple(multi + [c.name for c in self.crosses if c.name in ragged])
         self.reset()
 
     @classmethod
@@ -110,13 +115,13 @@ class FeatureSet:
 
     @property
     def id_slots(self) -> tuple[str, ...]:
-        scalar = [f.name for f in self.features if not f.multi_valued]
-        return tuple(scalar + [c.name for c in self.crosses if not self._ragged_cross(c)])
+        """Single-valued sparse slots (columns of Encoded.ids): scalar features, then crosses of scalar features."""
+        return self._id_slots
 
     @property
     def list_slots(self) -> tuple[str, ...]:
-        multi = [f.name for f in self.features if f.multi_valued]
-        return tuple(multi + [c.name for c in self.crosses if self._ragged_cross(c)])
+        """Ragged slots (Encoded.lists): multi-valued features, then crosses with a multi-valued component."""
+        return self._list_slots
 
     @property
     def dense_names(self) -> tuple[str, ...]:
@@ -128,13 +133,16 @@ class FeatureSet:
 
     @property
     def cardinality(self) -> dict[str, int]:
+        """Table size of every slot, the 3 reserved ids included."""
         self._finalize()
         out = {}
         for f in self.features:
-            size = {"categorical": lambda: self.vocabs_[f.name].size, "hashed": lambda: f.buckets}.get(
-                f.type, lambda: self.quantiles_[f.name].buckets
-            )()
-            out[f.name] = 3 + size
+            if f.type == "categorical":
+                out[f.name] = 3 + self.vocabs_[f.name].size
+            elif f.type == "hashed":
+                out[f.name] = 3 + f.buckets
+            else:
+                out[f.name] = 3 + self.quantiles_[f.name].buckets
         out.update({c.name: 3 + c.buckets for c in self.crosses})
         return out
 
@@ -154,9 +162,6 @@ class FeatureSet:
         """Column types to read CSV files with: token columns stay strings (so "007" is not read as 7), continuous
         ones are numbers. Pass them as `iter_batches(..., types=...)` wherever CSV data meets this FeatureSet."""
         return {f.source: pa.float64() if f.type == "continuous" else pa.string() for f in self.features}
-
-    def _ragged_cross(self, c: CrossSpec) -> bool:
-        return any(self._spec[n].multi_valued for n in c.columns)
 
     # ---- fitting -----------------------------------------------------------------------------------------------------
 
