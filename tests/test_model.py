@@ -229,3 +229,22 @@ def test_joint_training_decreases_loss_and_keeps_padding_zero() -> None:
     assert torch.equal(model.wide.table.weight[0], torch.zeros(1))
     for table in model.deep.tables.values():
         assert torch.equal(table.weight[0], torch.zeros(table.dim))
+
+
+def test_embedding_layout_says_where_each_deep_id_lives() -> None:
+    torch.manual_seed(0)
+    model = WideDeep.build(config("deep"), Layout())
+    b = make_batch(8, seed=8)
+    seen = []
+    model.deep.mlp.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    with torch.no_grad():
+        model(b)
+    x, at = seen[0], 0
+    params = dict(model.named_parameters())
+    layout = {r.slot: r for r in model.embedding_layout()}
+    for slot in [s for _, s, _ in model.deep.rows if s.source == "id"]:  # single-valued slots come first, table by table
+        r = layout[slot.name]
+        want = params[r.param][b.ids[:, Layout.id_slots.index(slot.name)] + r.offset]
+        torch.testing.assert_close(x[:, at : at + slot.dim], want.detach())
+        at += slot.dim
+    assert r.cardinality == Layout().cardinality[slot.name]

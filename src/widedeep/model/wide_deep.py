@@ -135,11 +135,7 @@ class WideDeep(nn.Module):
             for name, off, card in zip(self.info["wide"], self.wide.table.offsets, self.wide.table.cardinalities):
                 out.append(SlotRows(name, "wide.table.weight", off, card))
         if self.deep is not None:
-            for key, table in self.deep.tables.items():
-                members = [s for s in self.deep.slots if f"d{s.dim}" == key]
-                ordered = [s for s in members if s.source == "id"] + [s for s in members if s.source == "list"]
-                for s, off in zip(ordered, table.offsets):
-                    out.append(SlotRows(s.name, f"deep.tables.{key}.weight", off, s.cardinality))
+            out += [SlotRows(s.name, f"deep.tables.{key}.weight", off, s.cardinality) for key, s, off in self.deep.rows]
         return out
 
     def architecture(self) -> dict[str, Any]:
