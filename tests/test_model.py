@@ -248,3 +248,30 @@ def test_embedding_layout_says_where_each_deep_id_lives() -> None:
         torch.testing.assert_close(x[:, at : at + slot.dim], want.detach())
         at += slot.dim
     assert r.cardinality == Layout().cardinality[slot.name]
+
+
+def test_builds_from_a_real_feature_set_and_trains(tiny_config) -> None:
+    import pyarrow.parquet as pq
+
+    from widedeep.config import load
+    from widedeep.features.transform import FeatureSet
+
+    cfg = load(tiny_config)
+    table = pq.read_table(tiny_config.parent / "train.parquet")
+    fs = FeatureSet.from_config(cfg).fit(table)
+    batch = Batch.from_encoded(fs.transform(table.slice(0, 256)))
+    torch.manual_seed(0)
+    model = WideDeep.build(cfg.model, fs)
+    opts = build_optimizers(model, cfg.train)
+    first = None
+    for _ in range(20):
+        zero_grad(opts)
+        loss = F.binary_cross_entropy_with_logits(model(batch), batch.label)
+        loss.backward()
+        step(opts)
+        first = first if first is not None else loss.item()
+    assert loss.item() < first
+    arch = model.architecture()
+    assert arch["deep"]["input_dim"] == 8 * 4 + 4  # 4 embedded features x 8 dims + age, age__null, price, price__null
+    assert set(arch["wide"]["slots"]) == set(cfg.model.wide)
+    assert 0.0 < model.wide_sparsity() < 1.0
