@@ -217,3 +217,22 @@ def test_table_errors_name_the_column(fitted: FeatureSet) -> None:
         fitted.transform(t.set_column(0, "country", pa.array(np.ones(10))))
     with pytest.raises(FeatureError, match="must be 0 or 1, got 2 at row 4"):
         fitted.transform(t.set_column(6, "installed", pa.array([0, 1, 0, 1, 2, 0, 0, 0, 0, 0])))
+
+
+def test_parallel_features_give_the_same_result(fitted: FeatureSet, tiny_config: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    t = make_log(500, 21)
+    with ThreadPoolExecutor(3) as pool:
+        same(fitted.transform(t, pool), fitted.transform(t))
+        cfg = load(tiny_config)
+        a = FeatureSet.from_config(cfg).partial_fit(t, pool)
+    assert a.to_dict() == FeatureSet.from_config(cfg).fit(t).to_dict()
+
+
+def test_continuous_in_a_cross_uses_its_bucket() -> None:
+    fs = small().fit(small_table())
+    t = pa.table({"c": ["a", "a", "a"], "tags": [["t1"]] * 3, "h": [1, 1, 1], "x": [1.0, 1.0 + 1e-9, 4.0]})
+    cx = fs.transform(t).ids[:, fs.id_slots.index("c_x_x")]
+    x = fs.transform(t).ids[:, fs.id_slots.index("x")]
+    assert x[0] == x[1] != x[2] and cx[0] == cx[1] != cx[2]

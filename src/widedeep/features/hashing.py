@@ -17,7 +17,6 @@ FNV_PRIME = np.uint64(0x100000001B3)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
-MISSING = np.uint64(0x6D697373696E6721)  # token hash standing in for a missing element inside a cross
 
 
 def splitmix64(h: np.ndarray) -> np.ndarray:

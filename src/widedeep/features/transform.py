@@ -330,7 +330,13 @@ class FeatureSet:
         return {
             "format": FORMAT,
             "version": VERSION,
-            "hash": {"algorithm": ALGORITHM, "id": "3 + hash % buckets", "numbers": "hashed as their decimal string"},
+            "hash": {
+                "algorithm": ALGORITHM,
+                "id": "3 + hash % buckets",
+                "numbers": "hashed as their decimal string",
+                "cross": "combine(...combine(h1, h2)..., hk) in the order of the cross's columns",
+                "continuous_in_cross": f"hash_ints(bucket index, salt={_BUCKET_SALT})",
+            },
             "label": self.label,
             "rows": self.rows_,
             "info": self.info_,
