@@ -242,7 +242,7 @@ def test_embedding_layout_says_where_each_deep_id_lives() -> None:
     x, at = seen[0], 0
     params = dict(model.named_parameters())
     layout = {r.slot: r for r in model.embedding_layout()}
-    for slot in [s for _, s, _ in model.deep.rows if s.source == "id"]:  # single-valued slots come first, table by table
+    for slot in [s for _, s, _ in model.deep.slot_rows if s.source == "id"]:  # single-valued slots come first, table by table
         r = layout[slot.name]
         want = params[r.param][b.ids[:, Layout.id_slots.index(slot.name)] + r.offset]
         torch.testing.assert_close(x[:, at : at + slot.dim], want.detach())

@@ -54,7 +54,7 @@ class Deep(nn.Module):
         self.tables = nn.ModuleDict()
         self._scalar: list[str] = []  # keys of the tables that hold single-valued slots
         self._lists: list[tuple[str, int, int, bool]] = []  # (table key, list index, row offset, mean pooling)
-        self.rows: list[tuple[str, EmbeddingSlot, int]] = []  # (table key, slot, row offset): where each slot's ids live
+        self.slot_rows: list[tuple[str, EmbeddingSlot, int]] = []  # (table key, slot, row offset): where each slot's ids live
         in_dim = 0
         for dim in dims:
             key = f"d{dim}"
@@ -67,7 +67,7 @@ class Deep(nn.Module):
                 self.register_buffer(f"{key}_columns", torch.tensor([s.index for s in scalars], dtype=torch.long), persistent=False)
                 self.register_buffer(f"{key}_offsets", torch.tensor(table.offsets[: len(scalars)], dtype=torch.long), persistent=False)
                 self._scalar.append(key)
-            self.rows += [(key, s, off) for s, off in zip(scalars + lists, table.offsets)]
+            self.slot_rows += [(key, s, off) for s, off in zip(scalars + lists, table.offsets)]
             for s, off in zip(lists, table.offsets[len(scalars) :]):
                 self._lists.append((key, s.index, off, s.pooling == "mean"))
             in_dim += dim * len(members)

@@ -135,7 +135,7 @@ class WideDeep(nn.Module):
             for name, off, card in zip(self.info["wide"], self.wide.table.offsets, self.wide.table.cardinalities):
                 out.append(SlotRows(name, "wide.table.weight", off, card))
         if self.deep is not None:
-            out += [SlotRows(s.name, f"deep.tables.{key}.weight", off, s.cardinality) for key, s, off in self.deep.rows]
+            out += [SlotRows(s.name, f"deep.tables.{key}.weight", off, s.cardinality) for key, s, off in self.deep.slot_rows]
         return out
 
     def architecture(self) -> dict[str, Any]:
