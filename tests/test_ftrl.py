@@ -110,3 +110,21 @@ def test_existing_weights_survive_a_zero_gradient() -> None:
 def test_rejects_bad_hyper_parameters(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         FTRL([torch.nn.Parameter(torch.zeros(2))], **bad)
+
+
+def test_state_dict_round_trip_continues_identically() -> None:
+    torch.manual_seed(2)
+    grads = [torch.randn(6) for _ in range(4)]
+    a = torch.nn.Parameter(torch.zeros(6))
+    opt_a = FTRL([a], alpha=0.2, l1=0.05)
+    for g in grads[:2]:
+        a.grad = g.clone()
+        opt_a.step()
+    b = torch.nn.Parameter(a.detach().clone())
+    opt_b = FTRL([b], alpha=0.2, l1=0.05)
+    opt_b.load_state_dict(opt_a.state_dict())
+    for g in grads[2:]:
+        a.grad, b.grad = g.clone(), g.clone()
+        opt_a.step()
+        opt_b.step()
+    assert torch.equal(a, b)
