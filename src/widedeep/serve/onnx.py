@@ -89,7 +89,9 @@ def export_network(module: torch.nn.Module, layout: FeatureLayout, out: Path | s
     net = _Network(module).eval()
     ids, dense, lists = example_tensors(layout, batch=3, max_len=4)
     batch = torch.export.Dim("batch")
-    dynamic_shapes = ({0: batch}, {0: batch}, tuple({0: batch, 1: torch.export.Dim(f"len_{i}")} for i in range(len(slots))))
+    dynamic_shapes: tuple = ({0: batch}, {0: batch})
+    if slots:  # the *lists varargs are one tuple entry, absent when there are no list slots
+        dynamic_shapes += (tuple({0: batch, 1: torch.export.Dim(f"len_{i}")} for i in range(len(slots))),)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
