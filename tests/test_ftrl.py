@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -122,7 +123,7 @@ def test_state_dict_round_trip_continues_identically() -> None:
         opt_a.step()
     b = torch.nn.Parameter(a.detach().clone())
     opt_b = FTRL([b], alpha=0.2, l1=0.05)
-    opt_b.load_state_dict(opt_a.state_dict())
+    opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))  # as if read from a file: no shared tensors
     for g in grads[2:]:
         a.grad, b.grad = g.clone(), g.clone()
         opt_a.step()
