@@ -63,7 +63,13 @@ def _worker(out: Path) -> None:
     weights = {n: p.detach().numpy().tolist() for n, p in model.named_parameters()}
     labels, probs = wd_dist.gather_eval(np.full(3 + d.rank, d.rank), np.arange(3 + d.rank) / 10, d)
     total = wd_dist.all_sum([float(d.rank + 1), 1.0], d)
-    doc = {"grads": _grads(model), "weights": weights, "labels": labels.tolist(), "probs": probs.tolist(), "sum": total}
+    holder = nn.Module()
+    holder.extra = nn.Embedding(10, 3, sparse=True)
+    if d.rank == 0:  # rank 1 has no gradient at all for this table (None): it must still take part
+        holder.extra(torch.tensor([1, 2, 2])).sum().backward()
+    wd_dist.sync_sparse_grads(holder, d)
+    extra = holder.extra.weight.grad.to_dense().numpy().tolist()
+    doc = {"extra": extra, "grads": _grads(model), "weights": weights, "labels": labels.tolist(), "probs": probs.tolist(), "sum": total}
     (out / f"rank{d.rank}.json").write_text(json.dumps(doc))
     wd_dist.teardown()
 
@@ -104,6 +110,13 @@ def test_two_half_batches_give_the_full_batch_gradient(two_ranks: list[dict]) ->
     for name, g in want.items():
         assert np.abs(np.asarray(g)).max() > 0, name
         np.testing.assert_allclose(two_ranks[0]["grads"][name], g, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_a_rank_without_gradient_still_gets_the_mean(two_ranks: list[dict]) -> None:
+    want = np.zeros((10, 3))
+    want[1], want[2] = 0.5, 1.0  # rank 0's gradient (rows 1 and 2, twice) averaged with rank 1's nothing
+    for r in two_ranks:
+        np.testing.assert_allclose(r["extra"], want)
 
 
 def test_eval_gather_covers_every_rank_in_rank_order(two_ranks: list[dict]) -> None:

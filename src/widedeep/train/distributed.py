@@ -225,10 +225,18 @@ def sync_sparse_grads(model: nn.Module, d: Dist) -> None:
         else:
             g = p.grad.coalesce()
             idx, val = g.indices()[0], g.values()
-        all_idx = torch.cat(_all_gather_rows(idx, d))  # (nnz_total,)
-        all_val = torch.cat(_all_gather_rows(val, d))  # (nnz_total, D)
-        g = torch.sparse_coo_tensor(all_idx[None, :], all_val / d.world, p.shape).coalesce()
-        p.grad = g
+        # One gather per table: each row travels as its 8 index bytes followed by its value bytes.
+        rows = torch.cat([idx.contiguous().view(torch.uint8).view(-1, 8), _byte_rows(val)], 1)  # (nnz, 8 + D * itemsize)
+        got = torch.cat(_all_gather_rows(rows, d))  # (nnz_total, 8 + D * itemsize)
+        all_idx = got[:, :8].contiguous().view(torch.int64).view(-1)  # (nnz_total,)
+        all_val = got[:, 8:].contiguous().view(p.dtype).view(got.shape[0], *p.shape[1:])  # (nnz_total, D)
+        p.grad = torch.sparse_coo_tensor(all_idx[None, :], all_val / d.world, p.shape).coalesce()
+
+
+def _byte_rows(x: torch.Tensor) -> torch.Tensor:
+    """(n, ...) tensor -> (n, bytes per row) uint8 view of the same memory."""
+    width = int(np.prod(x.shape[1:], dtype=np.int64))
+    return x.contiguous().view(x.shape[0], width).view(torch.uint8)
 
 
 def trainer_hooks(model: nn.Module, d: Dist) -> dict[str, Any]:
