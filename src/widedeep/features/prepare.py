@@ -124,12 +124,21 @@ def _batches(fs: FeatureSet, paths: Sequence[Path]) -> Iterator[pa.RecordBatch]:
     return iter_batches(paths, [*fs.input_columns, fs.label], types=_read_types(fs), dictionary=True)
 
 
+def _prefetch(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Read the next batch in a background thread while the caller works on the current one."""
+    with ThreadPoolExecutor(1) as reader:
+        ahead = reader.submit(next, batches, None)
+        while (batch := ahead.result()) is not None:
+            ahead = reader.submit(next, batches, None)
+            yield batch
+
+
 def _fit_caching(fs: FeatureSet, paths: Sequence[Path], pool: Executor, cache_bytes: int) -> list | None:
     """Fit on `paths`, keeping the batches read (dictionary-encoded) while they fit in `cache_bytes`, so the encode
     pass need not read the files again. Returns the batches, or None when they did not fit."""
     cache: list | None = []
     size = 0
-    for batch in _batches(fs, paths):
+    for batch in _prefetch(_batches(fs, paths)):
         fs.partial_fit(batch, pool)
         if cache is not None:
             size += batch.nbytes
@@ -182,7 +191,7 @@ def prepare(cfg: Config, force: bool = False, verbose: bool = True, cache_bytes:
             splits = {}
             for s in SPLITS:
                 if inputs[s]:
-                    batches = cached if s == "train" and cached is not None else _batches(fs, inputs[s])
+                    batches = cached if s == "train" and cached is not None else _prefetch(_batches(fs, inputs[s]))
                     splits[s] = {"rows": rows[s], "shards": _encode(fs, batches, work / s, pool)}
                     cached = None if s == "train" else cached
         manifest = {
