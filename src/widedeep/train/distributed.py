@@ -1,13 +1,14 @@
 """Data-parallel training on `torch.distributed`, launched by `torchrun`: process group, gradient sync, whole-eval-set metrics.
 
 How each part of the model is synchronized:
-- Dense parameters (the deep MLP, the joint bias, dense embedding tables) go through `DistributedDataParallel`, which
-  all-reduces their gradients (mean over ranks) during backward. This works on gloo (CPU) and NCCL (GPU).
-- Parameters of `sparse=True` embeddings (the wide part, and deep embeddings if they are sparse) are left out of DDP: DDP's
-  sparse all-reduce exists only on gloo, and it would send each table's gradient in its own bucket anyway. Instead
-  `sync_sparse_grads` all-gathers the coalesced (row ids, row values) of every rank's gradient, sums duplicate rows and
-  divides by the world size, so each rank holds the gradient of the mean loss over the global batch. Every rank then
-  applies the same FTRL / AdaGrad step to the same state: the tables stay identical without ever being sent whole.
+- Dense parameters (the deep MLP, the joint bias) go through `DistributedDataParallel`, which all-reduces their gradients
+  (mean over ranks) during backward. This works on gloo (CPU) and NCCL (GPU).
+- Embedding tables with sparse gradients (the wide part's `OffsetTable`, the deep part's `OffsetTable`s, any
+  `sparse=True` embedding) are left out of DDP: DDP's sparse all-reduce exists only on gloo, one table per bucket.
+  Instead `sync_sparse_grads` all-gathers the coalesced (row ids, row values) of every rank's gradient (one collective
+  per table), sums duplicate rows and divides by the world size, so each rank holds the gradient of the mean loss over
+  the global batch. Every rank then applies the same FTRL / AdaGrad step to the same state: tables and optimizer state
+  stay identical on every rank and are never sent whole; traffic is O(rows touched by the global batch).
 Each rank's loss is the mean over its local batch of `batch_size / world` rows, so N ranks step like one process with
 `batch_size` rows.
 """
