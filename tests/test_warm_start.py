@@ -122,14 +122,15 @@ def test_kept_tokens_keep_their_rows_and_optimizer_state(days: tuple[Path, Path,
         torch.testing.assert_close(new_w[k], old_w[k], rtol=0, atol=0)
 
 
-def test_warm_started_run_continues_training(days: tuple[Path, Path, Path], tmp_path: Path) -> None:
+def test_warm_started_run_continues_training(days: tuple[Path, Path, Path]) -> None:
+    """`widedeep train CONFIG --warm-start PREV_MODEL` on the second day."""
     from widedeep.artifact import Model
-    from widedeep.train.loop import train
+    from widedeep.cli import main
 
     prev_dir, _, cfg2 = days
     cfg = load(cfg2)
-    out = train(cfg, warm_start=prev_dir, progress=False)
-    model = Model.load(out)
+    assert main(["train", str(cfg2), "--warm-start", str(prev_dir), "--device", "cpu"]) == 0
+    model = Model.load(cfg.out_dir / "model")
     metrics = model.evaluate(cfg.resolve(cfg.data.eval[0]))
     assert 0.0 <= metrics["auc"] <= 1.0 and np.isfinite(metrics["logloss"])
     # Training moved the weights away from the warm start.
@@ -165,3 +166,19 @@ def test_remap_moves_rows(days: tuple[Path, Path, Path]) -> None:
     old = FeatureSet.load(prev_dir / "features.json").vocabulary("impression_app")
     new = FeatureSet.load(load(cfg2).prepared_dir / "features.json").vocabulary("impression_app")
     assert any(old.index(t) != new.index(t) for t in set(old) & set(new))
+
+
+def test_training_loop_applies_the_warm_start(days: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Through `train(..., warm_start=...)` with no steps taken, the saved model holds the previous dense layers exactly."""
+    from dataclasses import replace
+
+    from widedeep.artifact import Model
+    from widedeep.train.loop import train
+
+    prev_dir, _, cfg2 = days
+    cfg = load(cfg2)
+    cfg = replace(cfg, train=replace(cfg.train, out=str(tmp_path / "zero")))
+    out = train(cfg, warm_start=prev_dir, progress=False, max_steps=0)
+    before, after = Model.load(prev_dir).module.state_dict(), Model.load(out).module.state_dict()
+    for k in [k for k in after if ".mlp." in k] + ["bias"]:
+        torch.testing.assert_close(after[k], before[k], rtol=0, atol=0)
