@@ -77,7 +77,9 @@ class Quantiles:
         return self
 
     def finalize(self) -> "Quantiles":
-        """Compute the boundaries from everything seen."""
+        """Compute the boundaries from everything seen (no-op if nothing new since the last time, or since loading)."""
+        if self.boundaries_ is not None:
+            return self
         ranks = np.arange(1, self.quantiles) / self.quantiles
         if self.count_ == 0:
             cuts = np.zeros(0)

@@ -41,7 +41,7 @@ class Vocabulary:
     @values_.setter
     def values_(self, values: pa.Array) -> None:
         self._compact()
-        self._values = values
+        self._values, self.tokens_ = values, None
 
     @property
     def counts_(self) -> np.ndarray:
@@ -51,7 +51,7 @@ class Vocabulary:
     @counts_.setter
     def counts_(self, counts: np.ndarray) -> None:
         self._compact()
-        self._counts = counts
+        self._counts, self.tokens_ = counts, None
 
     def partial_fit(self, dictionary: pa.Array, indices: np.ndarray) -> "Vocabulary":
         """Add counts of a dictionary-encoded batch: `indices` (valid rows only) point into the string `dictionary`."""
@@ -89,7 +89,9 @@ class Vocabulary:
         self._values, self._counts = t["v"].combine_chunks(), t["c_sum"].to_numpy()
 
     def finalize(self) -> "Vocabulary":
-        """Drop tokens below `min_count`, order by (-count, value), keep at most `max_size`."""
+        """Drop tokens below `min_count`, order by (-count, value), keep at most `max_size` (no-op if nothing new)."""
+        if self.tokens_ is not None:
+            return self
         t = pa.table({"v": self.values_, "c": self.counts_})
         t = t.filter(pc.greater_equal(t["c"], self.min_count))
         t = t.take(pc.sort_indices(t, [("c", "descending"), ("v", "ascending")]))
