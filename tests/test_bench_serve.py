@@ -42,5 +42,5 @@ def test_benchmark_script_smoke():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--smoke"], capture_output=True, text=True,
                          timeout=300, env=env, cwd=ROOT)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "| sub-batch x threads | paper (client-side) | in-process | over HTTP (client-side) |" in out.stdout
+    assert "| sub-batch x threads | paper (client-side) | in-process | in-process CPU | over HTTP (client-side) |" in out.stdout
     assert "| 10 x 2 | - |" in out.stdout and "requests/s" in out.stdout

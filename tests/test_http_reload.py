@@ -50,6 +50,7 @@ def test_promotion_under_load_fails_no_request_and_a_broken_one_is_skipped(tiny_
 
     live = LiveScorer(reg.root, lambda p: Scorer.load(p, sub_batch=10, threads=2), poll_s=0.05)
     v1_sha = live.scorer.version
+    assert Scorer.load(reg.root).version == v1_sha  # a registry path loads its current version
     stop, statuses, versions = threading.Event(), [], set()
 
     with BackgroundServer(create_app(live)) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:

@@ -33,12 +33,14 @@ class Latency:
     p90: float
     p99: float
     n: int
+    cpu: float | None = None  # mean CPU milliseconds of this process per call (all threads), where measured
 
     @classmethod
-    def of(cls, seconds: Sequence[float]) -> "Latency":
+    def of(cls, seconds: Sequence[float], cpu_seconds: float | None = None) -> "Latency":
         ms = np.asarray(seconds, dtype=np.float64) * 1e3
         p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-        return cls(float(p50), float(p90), float(p99), len(ms))
+        cpu = None if cpu_seconds is None else cpu_seconds * 1e3 / max(len(ms), 1)
+        return cls(float(p50), float(p90), float(p99), len(ms), cpu)
 
     def cell(self) -> str:
         return f"{self.p50:.1f} / {self.p90:.1f} / {self.p99:.1f} ms"
@@ -49,27 +51,36 @@ class BenchResult:
     model: str
     candidates: int
     forward: Latency  # bare network forward on `candidates` rows, one thread: the floor
+    transform: Latency  # FeatureSet.transform_request on the same request
     in_process: dict[tuple[int, int], Latency] = field(default_factory=dict)
     http: dict[tuple[int, int], Latency] = field(default_factory=dict)
     throughput: dict[str, Any] = field(default_factory=dict)
     request_bytes: int = 0
     cores: int = 0
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after the run
 
     def markdown(self) -> str:
         """The Markdown table printed by bench-serve, next to the paper's figures."""
         lines = [
             f"Model `{self.model}`, {self.candidates} candidates per request ({self.request_bytes / 1024:.0f} KiB of JSON), "
-            f"{self.cores} CPU cores. Latency p50 / p90 / p99.",
+            f"{self.cores} CPU cores, load average {self.load[0]:.1f} before / {self.load[1]:.1f} after "
+            f"(above {self.cores} the cores were shared and every latency is inflated). Latency p50 / p90 / p99; "
+            "CPU = this process's CPU time per in-process request, all threads.",
             "",
-            "| sub-batch x threads | paper (client-side) | in-process | over HTTP (client-side) |",
-            "|---|---|---|---|",
+            "| sub-batch x threads | paper (client-side) | in-process | in-process CPU | over HTTP (client-side) |",
+            "|---|---|---|---|---|",
         ]
         for split in self.in_process:
             paper = f"{PAPER_MS[split]:.0f} ms" if split in PAPER_MS else "-"
             http = self.http[split].cell() if split in self.http else "-"
-            lines.append(f"| {split[0]} x {split[1]} | {paper} | {self.in_process[split].cell()} | {http} |")
+            lat = self.in_process[split]
+            lines.append(f"| {split[0]} x {split[1]} | {paper} | {lat.cell()} | {lat.cpu:.1f} ms | {http} |")
         lines.append("")
-        lines.append(f"Bare network forward on {self.candidates} rows (1 thread, fp32): {self.forward.p50:.1f} ms p50.")
+        lines.append(
+            f"Bare network forward on {self.candidates} rows (1 thread, fp32): {self.forward.p50:.1f} ms p50, "
+            f"{self.forward.cpu:.1f} ms CPU; feature transform of the request: {self.transform.p50:.1f} ms p50, "
+            f"{self.transform.cpu:.1f} ms CPU."
+        )
         if self.http:
             best = min(self.http, key=lambda s: self.http[s].p50)
             lines.append(f"Best HTTP p50 ({best[0]} x {best[1]}): {self.http[best].p50 / self.forward.p50:.2f}x the bare forward.")
@@ -126,11 +137,12 @@ def time_calls(fn, requests: int, warmup: int) -> Latency:
     for _ in range(warmup):
         fn()
     seconds = []
+    cpu0 = time.process_time()
     for _ in range(requests):
         t0 = time.perf_counter()
         fn()
         seconds.append(time.perf_counter() - t0)
-    return Latency.of(seconds)
+    return Latency.of(seconds, time.process_time() - cpu0)
 
 
 def time_forward(scorer: Scorer, context: dict, candidates: list[dict], requests: int, warmup: int) -> Latency:
@@ -153,24 +165,32 @@ class ServerProcess:
     """`widedeep serve MODEL` in a subprocess (so the client never shares the server's interpreter), ready when /healthz is."""
 
     def __init__(self, model: Path | str, sub_batch: int, threads: int, backend: str = "torch", wait: bool = True):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "widedeep", "serve", str(model), "--port", str(self.port), "--sub-batch", str(sub_batch),
-               "--threads", str(threads), "--backend", backend, "--log-level", "warning"]  # fmt: skip
-        self._stderr = tempfile.TemporaryFile()  # a file, not a pipe: a chatty server can never block on a full pipe
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._stderr)
+        self.args = [str(model), "--sub-batch", str(sub_batch), "--threads", str(threads), "--backend", backend]
+        self._start()
         if wait:
             self.wait()
+
+    def _start(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "widedeep", "serve", *self.args, "--port", str(self.port), "--log-level", "warning"]
+        self._stderr = tempfile.TemporaryFile()  # a file, not a pipe: a chatty server can never block on a full pipe
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._stderr)
 
     def wait(self, timeout: float = 180.0) -> None:
         """Block until the server answers /healthz (raises with its stderr if it died)."""
         import httpx
 
-        deadline = time.monotonic() + timeout
+        deadline, retries = time.monotonic() + timeout, 3
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self._stderr.seek(0)
                 err = self._stderr.read().decode(errors="replace")[-2000:]
+                self._stderr.close()
+                if "address already in use" in err.lower() and retries:  # the free port was taken meanwhile
+                    retries -= 1
+                    self._start()
+                    continue
                 raise RuntimeError(f"widedeep serve exited with {self.proc.returncode}: {err}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
@@ -266,9 +286,11 @@ def bench_serve(
     base = Scorer.load(model, backend=backend, sub_batch=candidates, threads=1)
     context, cands = synthetic_request(base, candidates, context_columns)
     body = orjson.dumps({"context": context, "candidates": cands, "k": 10})
-    result = BenchResult(str(model), candidates, time_forward(base, context, cands, requests, warmup), request_bytes=len(body),
-                         cores=len(os.sched_getaffinity(0)))  # fmt: skip
-    log(f"bare forward: {result.forward.cell()}")
+    load_before = os.getloadavg()[0]
+    forward = time_forward(base, context, cands, requests, warmup)
+    transform = time_calls(lambda: base.features.transform_request(context, cands), requests, warmup)
+    result = BenchResult(str(model), candidates, forward, transform, request_bytes=len(body), cores=len(os.sched_getaffinity(0)))
+    log(f"bare forward: {forward.cell()}; transform: {transform.cell()}")
     for sub_batch, threads in splits:
         s = Scorer.load(model, backend=backend, sub_batch=sub_batch, threads=threads)
         try:
@@ -291,4 +313,5 @@ def bench_serve(
                 srv.close()
         result.throughput = {"split": best, "clients": clients, "rps": rps, "p50": lat.p50, "p99": lat.p99}
         log(f"throughput: {rps:.0f} requests/s with {clients} clients")
+    result.load = (load_before, os.getloadavg()[0])
     return result
