@@ -64,14 +64,17 @@ def batches(fs: SyntheticLayout, batch: int, n: int, seed: int) -> list[Batch]:
     return out
 
 
-def timed(fn: Callable[[int], None], steps: int, warmup: int) -> float:
-    """Seconds per call of fn(i), after `warmup` calls."""
+def timed(fn: Callable[[int], None], steps: int, warmup: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) per call of fn(i), after `warmup` calls.
+
+    With one thread, CPU seconds are the cost of the work itself even when other processes share the cores.
+    """
     for i in range(warmup):
         fn(i)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(steps):
         fn(i)
-    return (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - t0) / steps, (time.process_time() - c0) / steps
 
 
 def main() -> None:
@@ -108,23 +111,28 @@ def main() -> None:
         model.zero_grad(set_to_none=True)
         F.binary_cross_entropy_with_logits(model(b), b.label).backward()
 
-    # The bound: the same MLP and AdaGrad on a prebuilt input; no embeddings, no wide part, no FTRL.
+    # The bounds: the same MLP and AdaGrad on a prebuilt input; no embeddings, no wide part, no FTRL. The second one also
+    # computes the gradient of the input, which training embeddings needs (one more GEMM of the first layer's size).
     mlp = MLP(model.deep.in_dim, hidden)
     mlp_opt = torch.optim.Adagrad(mlp.parameters(), lr=0.05)
     x = torch.rand(args.batch, model.deep.in_dim)
+    x_grad = x.clone().requires_grad_(True)
 
-    def bare_mlp(i: int) -> None:
+    def bare_mlp(i: int, x: torch.Tensor = x) -> None:
         b = data[i % len(data)]
         mlp_opt.zero_grad(set_to_none=True)
+        x.grad = None
         F.binary_cross_entropy_with_logits(mlp(x), b.label).backward()
         mlp_opt.step()
+
+    def bare_mlp_input_grad(i: int) -> None:
+        bare_mlp(i, x_grad)
 
     # Multiply-adds of one example through the MLP; forward + backward (weight and input gradients) is 3x that, in FLOPs 6x.
     widths = [model.deep.in_dim, *hidden, 1]
     flop = 6 * sum(a * b for a, b in zip(widths, widths[1:]))
-    t_mlp = timed(bare_mlp, args.steps, args.warmup)
-    t_fb = timed(forward_backward, args.steps, args.warmup)
-    t_full = timed(full, args.steps, args.warmup)
+    fns = (bare_mlp, bare_mlp_input_grad, forward_backward, full)
+    (t_mlp, c_mlp), (t_mlpg, c_mlpg), (t_fb, c_fb), (t_full, c_full) = (timed(f, args.steps, args.warmup) for f in fns)
     result = {
         "batch": args.batch,
         "threads": torch.get_num_threads(),
@@ -134,9 +142,19 @@ def main() -> None:
         "mlp_mflop_per_example": round(flop / 1e6, 2),
         "bare_mlp_gflop_per_s": round(flop * args.batch / t_mlp / 1e9, 1),
         "bare_mlp_examples_per_s": round(args.batch / t_mlp),
+        "bare_mlp_input_grad_examples_per_s": round(args.batch / t_mlpg),
         "forward_backward_examples_per_s": round(args.batch / t_fb),
         "train_step_examples_per_s": round(args.batch / t_full),
         "train_step_vs_bare_mlp": round(t_mlp / t_full, 3),
+        "train_step_vs_bare_mlp_input_grad": round(t_mlpg / t_full, 3),
+        "cpu_s_per_step": {
+            "bare_mlp": round(c_mlp, 4),
+            "bare_mlp_input_grad": round(c_mlpg, 4),
+            "forward_backward": round(c_fb, 4),
+            "train_step": round(c_full, 4),
+        },
+        "train_step_vs_bare_mlp_cpu": round(c_mlp / c_full, 3),
+        "train_step_vs_bare_mlp_input_grad_cpu": round(c_mlpg / c_full, 3),
         "wide_sparsity": round(model.wide_sparsity(), 4),
     }
     print(json.dumps(result, indent=1))

@@ -275,3 +275,21 @@ def test_builds_from_a_real_feature_set_and_trains(tiny_config) -> None:
     assert arch["deep"]["input_dim"] == 8 * 4 + 4  # 4 embedded features x 8 dims + age, age__null, price, price__null
     assert set(arch["wide"]["slots"]) == set(cfg.model.wide)
     assert 0.0 < model.wide_sparsity() < 1.0
+
+
+def test_mlp_input_padding_is_exact_and_stays_zero() -> None:
+    from widedeep.model.deep import MLP
+
+    torch.manual_seed(0)
+    padded = MLP(10, (16,), align=16)
+    torch.manual_seed(0)
+    plain = MLP(10, (16,), align=1)
+    assert padded.layers[0].in_features == 16 and plain.layers[0].in_features == 10
+    with torch.no_grad():
+        padded.layers[0].weight[:, :10] = plain.layers[0].weight
+        padded.layers[0].bias.copy_(plain.layers[0].bias)
+        padded.layers[2].weight.copy_(plain.layers[2].weight)
+    x = torch.randn(4, 10)
+    torch.testing.assert_close(padded(x), plain(x))
+    padded(x).sum().backward()
+    assert torch.equal(padded.layers[0].weight.grad[:, 10:], torch.zeros(16, 6))

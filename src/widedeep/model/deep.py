@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from widedeep.model.tables import OffsetTable
@@ -25,20 +26,33 @@ class EmbeddingSlot:
 
 
 class MLP(nn.Module):
-    """Linear+ReLU(+Dropout) layers of widths `hidden`, then one logit (no bias: the joint bias lives in WideDeep)."""
+    """Linear+ReLU(+Dropout) layers of widths `hidden`, then one logit (no bias: the joint bias lives in WideDeep).
 
-    def __init__(self, in_dim: int, hidden: Sequence[int], dropout: float = 0.0):
+    The input is padded with zero columns to a multiple of `align`: CPU GEMMs over an inner size of 858 (the paper's
+    26 x 32 + 13 x 2) run about 25% slower than over 864. The padded weight columns start at zero and, their input being
+    zero, never receive a gradient, so the function is exactly that of an unpadded MLP.
+    """
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], dropout: float = 0.0, align: int = 16):
         super().__init__()
+        self.in_dim = in_dim
+        self.pad = (-in_dim) % align
         layers: list[nn.Module] = []
+        width_in = in_dim + self.pad
         for width in hidden:
-            layers += [nn.Linear(in_dim, width), nn.ReLU()]
+            layers += [nn.Linear(width_in, width), nn.ReLU()]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
-            in_dim = width
-        layers.append(nn.Linear(in_dim, 1, bias=False))
+            width_in = width
+        layers.append(nn.Linear(width_in, 1, bias=False))
         self.layers = nn.Sequential(*layers)
+        with torch.no_grad():
+            layers[0].weight[:, in_dim:] = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, in_dim) -> logit (B,)."""
+        if self.pad:
+            x = F.pad(x, (0, self.pad))  # (B, in_dim + pad)
         return self.layers(x).squeeze(-1)  # (B, 1) -> (B,)
 
 
