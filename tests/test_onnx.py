@@ -151,3 +151,19 @@ def test_missing_list_input_is_named(model: Model, net: OnnxNetwork) -> None:
     ids, dense, lists = example_tensors(model.features, 4, 3)
     with pytest.raises(ValueError, match=repr(model.features.list_slots[0])):
         net(ids.numpy(), dense.numpy(), {})
+
+
+def test_validation_checks_the_onnx_export(exported: Path, tiny_config: Path, tmp_path: Path) -> None:
+    """The dry run scores the holdout through model.onnx too; a stale export fails it."""
+    from widedeep.serve.validate import validate
+
+    holdout = tiny_config.parent / "eval.parquet"
+    report = validate(exported, None, holdout)
+    assert report.passed, report.to_text()
+    assert [c.name for c in report.checks][:2] == ["load", "onnx_load"] and "onnx_parity" in [c.name for c in report.checks]
+    other = derive(exported, tmp_path / "other", negate)
+    shutil.copy(exported / "model.onnx", other / "model.onnx")
+    shutil.copy(exported / "onnx.json", other / "onnx.json")
+    stale = validate(other, None, holdout)
+    assert [c.name for c in stale.checks if not c.passed] == ["onnx_load"]
+    assert "exported from weights" in stale.to_text()

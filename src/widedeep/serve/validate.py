@@ -1,7 +1,8 @@
 """The paper's dry run: score a holdout with a new model, check the scores are sane, and compare it with the current model.
 
 A model is pushed to serving only after this passes. The dry run fails on a model that cannot be loaded (missing file,
-checksum mismatch), cannot score the holdout, or produces NaN/infinite, out-of-range or constant scores. The comparison fails
+checksum mismatch), cannot score the holdout, or produces NaN/infinite, out-of-range or constant scores; when the model
+directory holds an ONNX export, that export must load and match the weights' scores on the holdout. The comparison fails
 when the new AUC is lower than the current one by more than `auc_tolerance`, or the new logloss higher by more than
 `logloss_tolerance` (both absolute differences).
 """
@@ -13,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,7 @@ from widedeep.metrics import binary_metrics
 AUC_TOLERANCE = 0.002
 LOGLOSS_TOLERANCE = 0.01
 MIN_STD = 1e-6  # scores with a smaller standard deviation count as constant
+ONNX_TOLERANCE = 1e-5  # max |probability difference| between an ONNX export and the weights it came from
 
 
 @dataclass(frozen=True)
@@ -113,9 +115,17 @@ def validate(
         return report
 
     models = {"new": new} if current is None else {"new": new, "current": current}
+    scorers: dict[str, Callable[[pa.Table], np.ndarray]] = {k: m.predict for k, m in models.items()}
+    onnx_file = Path(new_dir) / "model.onnx"
+    if onnx_file.is_file():  # a server may run this export (--backend onnxruntime): it must score like the weights
+        onnx = _load_onnx(report, onnx_file)
+        if onnx is None:
+            return report
+        scorers["onnx"] = lambda table: _sigmoid(onnx.score_encoded(new.features.transform(table)))
+    columns = sorted({new.label}.union(*(m.features.input_columns for m in models.values())))
     t0 = time.perf_counter()
     try:
-        labels, scores = _score(models, data, new.label)
+        labels, scores = _score(scorers, data, columns, new.label)
     except (ValueError, KeyError, TypeError, OSError) as e:
         report.add("score", False, f"cannot score the holdout: {e}")
         return report
@@ -136,6 +146,9 @@ def validate(
         std >= MIN_STD,
         f"score std {std:.3g}" + (f" < {MIN_STD:g}: the model gives every row the same score" if std < MIN_STD else ""),
     )
+    if "onnx" in scores:
+        dp = float(np.abs(scores["onnx"].astype(np.float64) - p).max())
+        report.add("onnx_parity", dp <= ONNX_TOLERANCE, f"model.onnx vs weights: max |dp| {dp:.3g} (at most {ONNX_TOLERANCE:g})")
     report.metrics["new"] = binary_metrics(labels, p)
     auc = report.metrics["new"]["auc"]
     if not report.add(
@@ -180,19 +193,36 @@ def _compare(report: ValidationReport, cur: np.ndarray, labels: np.ndarray, auc_
     )
 
 
-def _score(models: dict[str, Model], data: str | Path | pa.Table, label: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Read the holdout once, in batches; return its labels and each model's probabilities (not checked for NaN)."""
-    columns = sorted({label}.union(*(m.features.input_columns for m in models.values())))
+def _load_onnx(report: ValidationReport, path: Path) -> Any:
+    try:
+        from widedeep.serve.onnx import OnnxNetwork
+
+        net = OnnxNetwork(path)
+    except (ValueError, OSError, ImportError) as e:
+        report.add("onnx_load", False, f"cannot load the ONNX export: {e}")
+        return None
+    report.add("onnx_load", True, f"{path.name}: checksum verified, exported from these weights")
+    return net
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
+def _score(
+    scorers: dict[str, Callable[[pa.Table], np.ndarray]], data: str | Path | pa.Table, columns: list[str], label: str
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Read the holdout once, in batches; return its labels and each scorer's probabilities (not checked for NaN)."""
     labels: list[np.ndarray] = []
-    probs: dict[str, list[np.ndarray]] = {k: [] for k in models}
+    probs: dict[str, list[np.ndarray]] = {k: [] for k in scorers}
     for table in _batches(data, columns):
         if label not in table.column_names:
             raise ValueError(f"label column {label!r} not found in the holdout (columns: {table.column_names})")
         labels.append(as_label(table.column(label), label))  # the transform's own label check: 0/1, no nulls
-        for k, m in models.items():
-            probs[k].append(m.predict(table))
+        for k, score in scorers.items():
+            probs[k].append(score(table))
     if not labels:
-        return np.zeros(0), {k: np.zeros(0, dtype=np.float32) for k in models}
+        return np.zeros(0), {k: np.zeros(0, dtype=np.float32) for k in scorers}
     return np.concatenate(labels).astype(np.float64), {k: np.concatenate(v) for k, v in probs.items()}
 
 
