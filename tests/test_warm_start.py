@@ -182,3 +182,24 @@ def test_training_loop_applies_the_warm_start(days: tuple[Path, Path, Path], tmp
     before, after = Model.load(prev_dir).module.state_dict(), Model.load(out).module.state_dict()
     for k in [k for k in after if ".mlp." in k] + ["bias"]:
         torch.testing.assert_close(after[k], before[k], rtol=0, atol=0)
+
+
+def test_table_without_matching_slots_starts_fresh(days: tuple[Path, Path, Path]) -> None:
+    """A wide table over slots the previous wide part did not have is left as built, and reported."""
+    from dataclasses import replace
+
+    from widedeep.features.transform import FeatureSet
+    from widedeep.model.wide_deep import WideDeep
+    from widedeep.train.warm_start import warm_start
+
+    prev_dir, cfg1, _ = days
+    cfg = load(cfg1)
+    fs = FeatureSet.load(prev_dir / "features.json")
+    wide = ("user_id",)
+    torch.manual_seed(3)
+    model = WideDeep.build(replace(cfg.model, wide=wide), fs)
+    fresh = model.state_dict()["wide.table.weight"].clone()
+    report = warm_start(model, None, prev_dir, fs)
+    # user_id is not in the previous wide part, so its wide rows stay as built.
+    torch.testing.assert_close(model.state_dict()["wide.table.weight"], fresh, rtol=0, atol=0)
+    assert "wide.table.weight" in {s["param"] for s in report["layers"]["skipped"]}

@@ -36,6 +36,7 @@ def warm_start(
     # src[param]: for each row of the new table, the row of the old table it comes from (-1 = keep the fresh init).
     sources, report_slots = _row_sources(model, prev.module, id_maps)
 
+    tables = {r.param for r in model.embedding_layout()}  # copied only row by row, never whole
     copied, skipped = [], []
     new_state = model.state_dict()
     with torch.no_grad():
@@ -47,6 +48,8 @@ def warm_start(
             if name in sources:
                 _copy_rows(tensor, old, sources[name])
                 copied.append(name)
+            elif name in tables:
+                skipped.append({"param": name, "reason": "no slot of this table can be matched in the previous model"})
             elif old.shape == tensor.shape:
                 tensor.copy_(old.to(tensor.device, tensor.dtype))
                 copied.append(name)
@@ -55,7 +58,7 @@ def warm_start(
 
     report: dict[str, Any] = {"previous": str(prev_dir), "slots": report_slots, "layers": {"copied": copied, "skipped": skipped}}
     if optimizers:
-        report["optimizer"] = _warm_optimizers(model, optimizers, Path(prev_dir), prev.meta, sources)
+        report["optimizer"] = _warm_optimizers(model, optimizers, Path(prev_dir), prev.meta, sources, tables)
     return report
 
 
@@ -150,6 +153,7 @@ def _warm_optimizers(
     prev_dir: Path,
     prev_meta: dict[str, Any],
     sources: dict[str, np.ndarray],
+    tables: set[str],
 ) -> dict[str, Any]:
     """Carry FTRL z/n, AdaGrad sums and Adam moments over with the same row remap as the weights."""
     from widedeep.train.checkpoint import load_optimizer_tensors, optimizer_tensors
@@ -176,10 +180,11 @@ def _warm_optimizers(
             target = fresh.clone() if fresh is not None and fresh.shape == p.shape else torch.zeros(p.shape, dtype=value.dtype)
             _copy_rows(target, value, sources[pname])
             merged[key] = target
-        elif fresh is None or fresh.shape == value.shape:
+        elif (pname not in tables or value.dim() == 0) and (fresh is None or fresh.shape == value.shape):
             merged[key] = value  # scalars (step counts) and dense layers of unchanged shape
         else:
-            skipped.append({"key": key, "reason": f"shape {tuple(value.shape)} -> {tuple(fresh.shape)}"})
+            now = "a table with no matching slot" if fresh is None else f"shape {tuple(fresh.shape)}"
+            skipped.append({"key": key, "reason": f"shape {tuple(value.shape)} -> {now}"})
             continue
         copied.append(key)
     load_optimizer_tensors(optimizers, model, merged)
