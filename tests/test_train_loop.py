@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from widedeep.cli import main
 from widedeep.config import Config, load
-from widedeep.train.loop import cpu_has_native_bf16, cpu_threads, resolve_device, train, use_bf16
+from widedeep.train.distributed import resolve_device
+from widedeep.train.loop import cpu_has_native_bf16, cpu_threads, train, use_bf16
 from conftest import make_log
 
 

@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -48,17 +49,6 @@ LOG_EVERY = 50  # steps between progress-bar loss updates (reading the loss sync
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Device and precision
-
-
-def resolve_device(requested: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; "cpu", "cuda", "cuda:N" as given (an error if CUDA is absent)."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested != "cpu" and not requested.startswith("cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {requested!r}")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {requested!r} requested but CUDA is not available on this machine")
-    return torch.device(requested)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -361,6 +351,8 @@ def fit(
             save_checkpoint(ckpt_dir, model, optimizers, state, fingerprint, best=keep_best)
 
     budget_left = lambda: max_steps is None or state.step < max_steps  # noqa: E731
+    # torch's sparse AdaGrad builds its update with invariant checks off and says so once per process: not actionable.
+    warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled", category=UserWarning)
     threads = torch.get_num_threads()
     if dev.type == "cpu":
         torch.set_num_threads(cpu_threads(model, tc.batch_size))
