@@ -62,6 +62,14 @@ def test_context_half_changes_nothing(tiny_model: Path):
     np.testing.assert_allclose(b.score, a[b.index], rtol=1e-5, atol=1e-6)
 
 
+def test_a_candidate_field_overrides_the_same_context_field(scorer: Scorer, model: Model):
+    cands = candidates(20, seed=4)
+    cands = [{**c, "age": 20.0 + i} for i, c in enumerate(cands)]  # age varies by candidate although the context has it
+    ranked = scorer.recommend(CONTEXT, cands, k=20)
+    p = model.predict([{**CONTEXT, **c} for c in cands])
+    np.testing.assert_allclose(ranked.score, p[ranked.index], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("sub_batch,threads", [(100, 2), (50, 4), (33, 3), (1, 2)])
 def test_parallel_sub_batches_equal_the_unsplit_batch(tiny_model: Path, sub_batch: int, threads: int):
     cands = candidates(200, seed=3)

@@ -122,7 +122,9 @@ class Scorer:
         if i is not None:
             raise RequestError(f"candidates[{i}]", f"expected an object, got {_kind(candidates[i])}")
         enc = self._transform(lambda: self.features.transform_request(context, candidates), "candidates", context, candidates)
-        p = _sigmoid(self._logits(enc, frozenset(context)))
+        # A field given in the first candidate is read from every candidate (FeatureSet.transform_request), even if the
+        # context has it too: only the other context fields are constant over the rows.
+        p = _sigmoid(self._logits(enc, frozenset(context).difference(candidates[0])))
         return top_k(p, k)
 
     def close(self) -> None:
