@@ -182,7 +182,7 @@ class OnnxNetwork:
     """An onnxruntime session over an exported network: `net(ids, dense, lists) -> logits (B,) float32`.
 
     At load it checks the sidecar: the ONNX file's sha256, and, when the model's `model.json` sits beside it, that the export
-    came from the weights now in the directory (a stale export is refused, not served). `run` is thread-safe.
+    came from the weights now in the directory (a stale export is refused, not served). Calls are thread-safe.
     """
 
     def __init__(
@@ -255,9 +255,9 @@ def _read_sidecar(onnx_path: Path) -> dict[str, Any]:
         meta = json.loads(side.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{side}: corrupt or truncated JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != ONNX_FORMAT_VERSION:
-        raise ArtifactError(f"{side}: format_version {meta.get('format_version') if isinstance(meta, dict) else None!r} "
-                            f"is not supported (expected {ONNX_FORMAT_VERSION})")
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version != ONNX_FORMAT_VERSION:
+        raise ArtifactError(f"{side}: format_version {version!r} is not supported (expected {ONNX_FORMAT_VERSION})")
     return meta
 
 
