@@ -49,3 +49,19 @@ def test_compare_trains_three_models_on_one_prepare(tiny_config: Path, tmp_path:
     md = (out / "compare.md").read_text()
     assert "| wide & deep |" in md and "0.728" in md
     assert "| wide only |" in capsys.readouterr().out
+
+
+def test_compare_needs_both_feature_lists(tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from conftest import TINY_CONFIG
+
+    from widedeep.cli import main
+
+    text = TINY_CONFIG.replace('type = "wide_deep"', 'type = "wide"')
+    text = text.replace('deep = ["installed_apps", "impression_app", "country", "user_id", "age", "price"]\n', "")
+    cfg = tmp_path / "wide_only.toml"
+    cfg.write_text(text.replace('train = "train.parquet"', f'train = "{tiny_config.parent / "train.parquet"}"'))
+    assert main(["compare", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "widedeep compare: error:" in err and "deep" in err and str(cfg) in err
+    assert not (tmp_path / "run").exists()  # refused before preparing or training anything
+

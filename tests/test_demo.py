@@ -46,3 +46,9 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     metrics = model.evaluate(out / "data" / "eval.parquet")
     assert metrics["examples"] == 600
     assert metrics["auc"] == pytest.approx(result["models"]["wide_deep"]["auc"], rel=1e-5)
+
+
+def test_demo_rejects_too_few_rows(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["demo", "--out", str(tmp_path / "d"), "--rows", "10"]) == 2
+    assert not (tmp_path / "d").exists()
+    assert "--rows must be >= 100, got 10" in capsys.readouterr().err
