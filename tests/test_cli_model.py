@@ -32,7 +32,9 @@ def test_predict_writes_parquet(tiny_model: Path, tiny_config: Path, tmp_path: P
     np.testing.assert_allclose(preds, Model.load(tiny_model).predict(pq.read_table(data)), rtol=1e-6, atol=1e-7)
 
 
-def test_tampered_model_exits_with_a_clear_error(tiny_model: Path, tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_tampered_model_exits_with_a_clear_error(
+    tiny_model: Path, tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     broken = Path(shutil.copytree(tiny_model, tmp_path / "m"))
     w = broken / "model.safetensors"
     w.write_bytes(w.read_bytes()[:-8])
@@ -41,7 +43,9 @@ def test_tampered_model_exits_with_a_clear_error(tiny_model: Path, tiny_config: 
     assert "widedeep evaluate: error:" in err and "model.safetensors" in err and "Traceback" not in err
 
 
-def test_evaluate_without_label_names_the_column(tiny_model: Path, tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_evaluate_without_label_names_the_column(
+    tiny_model: Path, tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     unlabeled = tmp_path / "unlabeled.parquet"
     pq.write_table(pq.read_table(tiny_config.parent / "eval.parquet").drop(["installed"]), unlabeled)
     assert main(["evaluate", str(tiny_model), str(unlabeled)]) == 2

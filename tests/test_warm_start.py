@@ -115,7 +115,8 @@ def test_kept_tokens_keep_their_rows_and_optimizer_state(days: tuple[Path, Path,
         assert report["slots"][slot]["mode"] == "copy"
         for param, (off, card) in _rows(model, slot).items():
             old_off = _rows(prev.module, slot)[param][0]
-            torch.testing.assert_close(new_w[param][off + 1 : off + card], old_w[param][old_off + 1 : old_off + card], rtol=0, atol=0)
+            new_rows, old_rows = new_w[param][off + 1 : off + card], old_w[param][old_off + 1 : old_off + card]
+            torch.testing.assert_close(new_rows, old_rows, rtol=0, atol=0)
     mlp = [k for k in new_w if ".mlp." in k]
     assert mlp and all(k in report["layers"]["copied"] for k in mlp)
     for k in mlp + ["bias"]:
