@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import orjson
@@ -96,7 +96,9 @@ class BenchResult:
 # -- synthetic requests --------------------------------------------------------------------------------------------------
 
 
-def synthetic_request(scorer: Scorer, n: int, context_columns: Sequence[str] | None = None, seed: int = 0):
+def synthetic_request(
+    scorer: Scorer, n: int, context_columns: Sequence[str] | None = None, seed: int = 0
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A realistic request for any model: values drawn from its vocabularies and quantile ranges.
 
     `context_columns` (default: the first half of the model's input columns) go in the context; the rest in each candidate.
@@ -133,7 +135,8 @@ def synthetic_request(scorer: Scorer, n: int, context_columns: Sequence[str] | N
 # -- timing --------------------------------------------------------------------------------------------------------------
 
 
-def time_calls(fn, requests: int, warmup: int) -> Latency:
+def time_calls(fn: Callable[[], Any], requests: int, warmup: int) -> Latency:
+    """Latency of `requests` calls after `warmup` untimed ones, with the process CPU time they took."""
     for _ in range(warmup):
         fn()
     seconds = []
@@ -279,7 +282,7 @@ def bench_serve(
     backend: str = "torch",
     http: bool = True,
     http_splits: Sequence[tuple[int, int]] | None = None,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> BenchResult:
     """Run the whole table for one model directory (or registry); returns the figures (`.markdown()` for the table)."""
     configure_torch_threads(1)
