@@ -127,6 +127,7 @@ class Vocabulary:
         idx = self._order[pos]
         found = self._sorted[pos] == h
         if found.any():  # confirm on the strings themselves, so a hash collision with an unseen value cannot alias
+            values = values if values.type == pa.string() else values.cast(pa.string())
             same = pc.equal(self.tokens_.take(pa.array(idx)), values)
             found &= (same.fill_null(False) if same.null_count else same).to_numpy(zero_copy_only=False)
         return np.where(found, idx + 3, 2).astype(np.int32)
