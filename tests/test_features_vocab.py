@@ -59,3 +59,9 @@ def test_round_trip() -> None:
     w = Vocabulary.from_dict(v.to_dict())
     q = pa.array(["a", "b", "c"])
     assert np.array_equal(v.lookup(q), w.lookup(q))
+
+
+def test_lookup_accepts_every_string_type() -> None:
+    v = fit(["b", "a", "b"])
+    for kind in (pa.string(), pa.large_string(), pa.string_view()):
+        assert v.lookup(pa.array(["a", "b", "c"]).cast(kind)).tolist() == [4, 3, 2]
