@@ -67,7 +67,8 @@ def make_log(n: int, seed: int) -> pa.Table:
     age = rng.normal(35, 10, n)
     age[rng.random(n) < 0.05] = np.nan
     price = np.round(rng.exponential(2.0, n), 2)
-    logit = -1.0 + 0.02 * (np.nan_to_num(age, nan=35) - 35)
+    app_effect = np.linspace(-1.0, 1.0, 30)[np.char.lstrip(impression.astype(str), "app").astype(int)]
+    logit = -1.0 + 0.05 * (np.nan_to_num(age, nan=35) - 35) + app_effect
     logit += np.array([1.5 if (imp in inst and imp[-1] in "02468") else 0.0 for imp, inst in zip(impression, installed)])
     logit += np.where((country == "us") & (np.char.endswith(impression.astype(str), "1")), 1.0, 0.0)
     label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
