@@ -4,19 +4,26 @@ Each row is one impression: a user (country, language, device, age, installed ap
 developer, price, rating) and installs it or not. The world (apps, users, their installs) is fixed by `seed`;
 impressions stream in blocks, so any number of rows (10M+) is generated in bounded memory, identically for any chunk size.
 
+World: 1,000 apps (20 categories, 150 developers, Zipf-like popularity, 15% paid), 50,000 users (15 countries with their
+language, 6 devices, age 13-80 with 8% unreported), each with 1 + Poisson(7) installed apps (at most 30).
+Impressions: a user drawn by activity; the candidate app is, with equal odds, a popular app or a popular app of the
+user's favourite category (a stand-in for retrieval).
+
 Ground truth (`installed` ~ Bernoulli(sigmoid(logit))), with u the user's latent taste and t the app's latent trait (both 6-d):
 
     logit = -2.1
           + 0.8 * <u_user, t_app>                          generalization: low-rank, shared by all pairs
           + sum_{i in installed_apps} M[i, app]            memorization: sparse, strong pair effects
-          + q_app - 0.5 * log1p(price) * frugal[country]   app quality (rating is a noisy view of it), price sensitivity
+          + q_app - 0.5 * log1p(price) * frugal[country]   app quality, price sensitivity (frugal ~ U(0.3, 1.5))
 
-    u_user = C[country] + D[device] + age_z * v_age + N(0, 0.7^2)     (the noise is visible only through installed apps,
-                                                                       picked about popularity * exp(<u, t>))
-    t_app  = K[category] + V[developer] + N(0, 0.4^2)
-    M      = 4,000 random (installed app, impression app) pairs among the 300 most popular apps, |effect| in [1.5, 3],
+    u_user = C[country] + D[device] + age_z * v_age + e_user          C ~ N(0, 0.8^2), D ~ N(0, 0.5^2), v_age ~ N(0, 0.8^2),
+                                                                      e_user ~ N(0, 0.7^2), age_z = (age - 34) / 12
+    t_app  = (K[category] + V[developer] + e_app) / sqrt(6)           K ~ N(0, 1), V ~ N(0, 0.6^2), e_app ~ N(0, 0.4^2)
+    q_app  ~ N(0, 0.5^2); the rating shown is round(clip(4 + 0.6 q_app + N(0, 0.3^2), 1, 5), 1)
+    M      = 4,000 random (installed app, impression app) pairs among the 300 most popular apps, |effect| ~ U(1.5, 3),
              70% positive (complements) and 30% negative (substitutes); zero elsewhere.
 
+Users install apps about popularity * exp(<u, t>), so e_user is visible only through installed_apps.
 An embedding model learns <u, t> from a few dims per value and carries it to pairs never seen together; M is a sparse,
 high-rank matrix that it underfits but that an installed_app x impression_app cross memorizes. The `eval` split also
 shows, in 10% of its impressions, apps that never appear in `train` (launched later), whose only clues are category,
