@@ -158,22 +158,25 @@ def as_label(col: pa.Array | pa.ChunkedArray, name: str) -> np.ndarray:
 
 def from_records(records: Sequence[Mapping[str, Any]], columns: Mapping[str, Kind], strict: bool = True) -> pa.Table:
     """Build a table of `columns` from records; a missing key is an error when `strict`, else a missing value."""
-    arrays = {}
-    for name, kind in columns.items():
-        try:
-            values = [r[name] for r in records]
-        except KeyError:
-            if strict:
-                i = next(i for i, r in enumerate(records) if name not in r)
-                raise FeatureError(name, f"record {i} has no field {name!r}") from None
-            values = [r.get(name) for r in records]
-        except TypeError:
-            raise FeatureError(name, "records must be mappings of field name to value") from None
-        arrays[name] = _column(values, kind, name)
+    arrays = {name: column(record_values(records, name, strict), kind, name) for name, kind in columns.items()}
     return pa.table(arrays) if arrays else pa.table({"_": pa.nulls(len(records))}).drop_columns(["_"])
 
 
-def _column(values: list, kind: Kind, name: str) -> pa.Array:
+def record_values(records: Sequence[Mapping[str, Any]], name: str, strict: bool = True) -> list:
+    """The values of field `name` over the records; a missing key is an error when `strict`, else None."""
+    try:
+        return [r[name] for r in records]
+    except KeyError:
+        if strict:
+            i = next(i for i, r in enumerate(records) if name not in r)
+            raise FeatureError(name, f"record {i} has no field {name!r}") from None
+        return [r.get(name) for r in records]
+    except TypeError:
+        raise FeatureError(name, "records must be mappings of field name to value") from None
+
+
+def column(values: list, kind: Kind, name: str) -> pa.Array:
+    """One field's Python values as an Arrow array of the kind the transform expects (errors name the record)."""
     if kind == "float":
         try:
             return pa.array(values, pa.float64())

@@ -28,10 +28,12 @@ from widedeep.features.cross import Tokens, cross, fill_rows, repeat_ragged
 from widedeep.features.encoded import Encoded
 from widedeep.features.hashing import ALGORITHM, bucket, hash_ints, hash_strings
 from widedeep.features.quantile import Quantiles
+from widedeep.features.small import TokenMemo, list_tokens
 from widedeep.features.vocab import Vocabulary
 
 FORMAT, VERSION = "widedeep.features", 1
 _BUCKET_SALT = 0x7175616E74  # salts the hash of a quantile-bucket id when a continuous feature enters a cross
+SMALL_BATCH = 4096  # records up to this many skip Arrow: token ids come from a memo of this transform's own ids
 
 
 @dataclass
@@ -50,6 +52,10 @@ class _Col:
             ids, off = repeat_ragged(self.ids, self.offsets, n)
         dense = None if self.dense is None else (np.repeat(self.dense[0], n), np.repeat(self.dense[1], n))
         return _Col(ids, off, dense, None if self.tokens is None else self.tokens.repeat(n))
+
+
+def _kind(f: FeatureSpec) -> C.Kind:
+    return "float" if f.type == "continuous" else "list" if f.multi_valued else "string"
 
 
 def _map(pool: Executor | None, fn: Callable, items: Sequence) -> list:
@@ -169,6 +175,7 @@ class FeatureSet:
         self.vocabs_ = {f.name: Vocabulary(f.min_count, f.max_size) for f in self.features if f.type == "categorical"}
         self.quantiles_ = {f.name: Quantiles(f.quantiles) for f in self.features if f.type == "continuous"}
         self.rows_, self.info_, self._dirty = 0, {}, True
+        self._memos: dict[str, TokenMemo] = {}
         return self
 
     def fit(self, batches: Iterable[pa.Table | pa.RecordBatch] | pa.Table | pa.RecordBatch) -> "FeatureSet":
@@ -220,7 +227,7 @@ class FeatureSet:
                 v.finalize()
             for q in self.quantiles_.values():
                 q.finalize()
-            self._dirty = False
+            self._memos, self._dirty = {}, False
 
     # ---- transforming ------------------------------------------------------------------------------------------------
 
@@ -266,11 +273,52 @@ class FeatureSet:
         return self._assemble(cols, n, None)
 
     def _encode_records(self, records: Sequence[Mapping[str, Any]], feats: Sequence[FeatureSpec], strict: bool) -> dict:
-        kinds = {}
-        for f in feats:
-            kinds[f.source] = "float" if f.type == "continuous" else "list" if f.multi_valued else "string"
-        table = C.from_records(records, kinds, strict)
-        return {f.name: self._encode(f, table.column(f.source)) for f in feats}
+        if len(records) > SMALL_BATCH:
+            kinds = {f.source: _kind(f) for f in feats}
+            table = C.from_records(records, kinds, strict)
+            return {f.name: self._encode(f, table.column(f.source)) for f in feats}
+        out = {}
+        for f in feats:  # in feature order, so the first bad field is the one reported, as on the Arrow path
+            values = C.record_values(records, f.source, strict)
+            col = None if f.type == "continuous" else self._encode_small(f, values)
+            out[f.name] = col if col is not None else self._encode(f, C.column(values, _kind(f), f.source))
+        return out
+
+    def _encode_small(self, f: FeatureSpec, values: list) -> _Col | None:
+        """`_encode` of Python token values through the feature's memo (small.py); None where the Arrow path must run."""
+        want_tokens = f.name in self._in_cross
+        memo = self._memo(f)
+        if not f.multi_valued:
+            found = memo.lookup(values, want_tokens)
+            if found is None:
+                return None
+            ids, h = found
+            return _Col(ids, None, None, Tokens(h, None, ids == 1) if want_tokens else None)
+        parts = list_tokens(values)
+        found = None if parts is None else memo.lookup(parts[0], want_tokens)
+        if found is None:
+            return None
+        (ids, h), (_, lengths, null) = found, parts
+        offsets = np.zeros(len(values) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        out, out_off = fill_rows(ids, offsets, null, np.int32(1))
+        return _Col(out, out_off, None, Tokens(h, offsets, null) if want_tokens else None)
+
+    def _memo(self, f: FeatureSpec) -> TokenMemo:
+        key = self.vocabs_[f.name].tokens_ if f.type == "categorical" else None  # a hashed feature's ids never change
+        memo = self._memos.get(f.name)
+        if memo is None or memo.key is not key:  # a vocabulary replaced or refitted since: start over
+            memo = self._memos[f.name] = TokenMemo(key, lambda d: self._token_ids(f, d))
+        return memo
+
+    def _token_ids(self, f: FeatureSpec, dictionary: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and hashes of distinct token strings: the single place a token's id is decided (empty string -> 1)."""
+        h = hash_strings(dictionary)
+        uniq = self.vocabs_[f.name].lookup(dictionary, h) if f.type == "categorical" else bucket(h, f.buckets)
+        empty = C.empty_entries(dictionary)
+        if empty is not None:
+            uniq[empty] = 1
+        return uniq, h
 
     def _encode(self, f: FeatureSpec, col: pa.ChunkedArray | pa.Array) -> _Col:
         """Ids (and dense values, and token hashes when a cross needs them) of one feature."""
@@ -291,12 +339,8 @@ class FeatureSet:
             s, offsets = lists.elements, lists.offsets
         else:
             s, offsets = C.as_strings(col, f.source), None
-        h = hash_strings(s.dictionary)
-        uniq = self.vocabs_[f.name].lookup(s.dictionary, h) if f.type == "categorical" else bucket(h, f.buckets)
-        empty = C.empty_entries(s.dictionary)
+        uniq, h = self._token_ids(f, s.dictionary)  # empty strings never reach a list's elements (as_lists drops them)
         if offsets is None:
-            if empty is not None:
-                uniq[empty] = 1
             # A trailing sentinel lets index -1 (a null row) pick id 1 and hash 0 without a mask pass.
             ids = np.append(uniq, np.int32(1))[s.indices]
             tokens = Tokens(np.append(h, np.uint64(0))[s.indices], None, ids == 1) if want_tokens else None

@@ -1,0 +1,142 @@
+"""The small-batch serving path (Python values through the token memo) gives exactly the Arrow path's encodings."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import make_log
+
+from widedeep.config import CrossSpec, FeatureSpec, load
+from widedeep.features import small as small_mod
+from widedeep.features import transform as transform_mod
+from widedeep.features.columns import FeatureError
+from widedeep.features.encoded import Encoded
+from widedeep.features.transform import FeatureSet
+
+
+def identical(a: Encoded, b: Encoded) -> None:
+    assert a.ids.dtype == b.ids.dtype and a.dense.dtype == b.dense.dtype
+    assert np.array_equal(a.ids, b.ids) and np.array_equal(a.dense, b.dense)
+    assert list(a.lists) == list(b.lists)
+    for k, (v, o) in a.lists.items():
+        assert v.dtype == b.lists[k][0].dtype and o.dtype == b.lists[k][1].dtype, k
+        assert np.array_equal(v, b.lists[k][0]) and np.array_equal(o, b.lists[k][1]), k
+
+
+def arrow_path(fs: FeatureSet, monkeypatch: pytest.MonkeyPatch, fn):
+    with monkeypatch.context() as m:
+        m.setattr(transform_mod, "SMALL_BATCH", -1)
+        return fn()
+
+
+def features() -> FeatureSet:
+    feats = (
+        FeatureSpec("c", "categorical"),
+        FeatureSpec("tags", "categorical", multi_valued=True),
+        FeatureSpec("h", "hashed", buckets=10),
+        FeatureSpec("hl", "hashed", buckets=7, multi_valued=True),
+        FeatureSpec("x", "continuous", quantiles=4),
+    )
+    crosses = (
+        CrossSpec("c_x_tags", ("c", "tags"), 50),
+        CrossSpec("c_x_x", ("c", "x"), 40),
+        CrossSpec("h_x_hl", ("h", "hl"), 30),
+        CrossSpec("c_h", ("c", "h"), 20),
+    )
+    return FeatureSet(feats, crosses, "y")
+
+
+TOKENS = ["a", "b", "c", "", None, "zzz", "é", "a b", "0", 7, 12, -3]
+
+
+def records(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+
+    def some_list():
+        r = rng.random()
+        return None if r < 0.15 else [] if r < 0.25 else [rng.choice(TOKENS) for _ in range(rng.randint(1, 4))]
+
+    def x():
+        r = rng.random()
+        return None if r < 0.1 else float("nan") if r < 0.15 else rng.choice([1, 2.5, -4.0, 1e9, 0])
+
+    rows = []
+    for _ in range(n):
+        rows.append({"c": rng.choice(TOKENS), "tags": some_list(), "h": rng.choice(TOKENS), "hl": some_list(), "x": x()})
+    return rows
+
+
+@pytest.fixture
+def fitted() -> FeatureSet:
+    recs = records(300, 0)
+    return features().fit(pa.table({**{k: [r[k] for r in recs] for k in ("x",)},
+                                    "c": [None if r["c"] is None else str(r["c"]) for r in recs],
+                                    "tags": [None if r["tags"] is None else [None if t is None else str(t) for t in r["tags"]]
+                                             for r in recs],
+                                    "h": pa.nulls(300, pa.string()), "hl": pa.nulls(300, pa.list_(pa.string())),
+                                    "y": [0] * 300}))  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_small_path_equals_arrow_path(fitted: FeatureSet, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    recs = records(200, seed)  # OOV, nulls, "", ints, empty and null lists, null and "" list elements, crosses, NaN
+    expected = arrow_path(fitted, monkeypatch, lambda: fitted.transform_records(recs))
+    identical(fitted.transform_records(recs), expected)
+    identical(fitted.transform_records(recs), expected)  # warm memo
+    ctx, cands = {k: recs[0][k] for k in ("c", "tags", "x")}, [{"h": r["h"], "hl": r["hl"]} for r in recs]
+    identical(fitted.transform_request(ctx, cands), arrow_path(fitted, monkeypatch, lambda: fitted.transform_request(ctx, cands)))
+
+
+def test_small_path_equals_file_transform(fitted: FeatureSet) -> None:
+    recs = records(100, 4)
+    canon = [{k: (str(v) if isinstance(v, int) and k in ("c", "h") else v) for k, v in r.items()} for r in recs]
+    for r in canon:
+        for k in ("tags", "hl"):
+            r[k] = None if r[k] is None else [None if t is None else str(t) for t in r[k]]
+    table = pa.table({k: [r[k] for r in canon] for k in ("c", "tags", "h", "hl", "x")})
+    identical(fitted.transform_records(recs), fitted.transform(table))
+
+
+def test_one_record_and_memo_limit(fitted: FeatureSet, monkeypatch: pytest.MonkeyPatch) -> None:
+    recs = records(150, 5)
+    expected = arrow_path(fitted, monkeypatch, lambda: fitted.transform_records(recs))
+    monkeypatch.setattr(small_mod, "MEMO_LIMIT", 4)  # the memo starts over again and again
+    identical(fitted.transform_records(recs), expected)
+    assert all(len(m) <= 12 for m in fitted._memos.values())
+    one = fitted.transform_records(recs[7:8])
+    assert np.array_equal(one.ids, expected.ids[7:8]) and np.array_equal(one.dense, expected.dense[7:8])
+
+
+def test_refit_invalidates_memo(monkeypatch: pytest.MonkeyPatch) -> None:
+    fs = features()
+    base = {"tags": ["a"], "h": "a", "hl": [], "x": 1.0}
+    fs.fit(pa.table({"c": ["a", "b", "b"], "tags": [["a"]] * 3, "h": ["a"] * 3, "hl": [[]] * 3, "x": [1.0, 2.0, 3.0]}))
+    before = fs.transform_records([{**base, "c": "a"}, {**base, "c": "b"}]).ids[:, 0].tolist()
+    assert before == [4, 3]  # b is more frequent
+    fs.fit(pa.table({"c": ["a", "a", "b"], "tags": [["a"]] * 3, "h": ["a"] * 3, "hl": [[]] * 3, "x": [1.0, 2.0, 3.0]}))
+    assert fs.transform_records([{**base, "c": "a"}, {**base, "c": "b"}]).ids[:, 0].tolist() == [3, 4]
+
+
+def test_values_the_memo_leaves_to_arrow(fitted: FeatureSet, monkeypatch: pytest.MonkeyPatch) -> None:
+    ok = {"c": True, "tags": [False, "a", 3], "h": False, "hl": ("t", "u"), "x": 2}  # booleans, a tuple
+    identical(fitted.transform_records([ok, {**ok, "c": "a"}]),
+              arrow_path(fitted, monkeypatch, lambda: fitted.transform_records([ok, {**ok, "c": "a"}])))  # fmt: skip
+    for bad, field in [({"c": 1.5}, "c"), ({"c": ["a"]}, "c"), ({"tags": "a,b"}, "tags"), ({"tags": [{"a": 1}]}, "tags"),
+                       ({"x": "3"}, "x"), ({"h": {"k": 1}}, "h")]:  # fmt: skip
+        rec = [{**ok, **bad}]
+        with pytest.raises(FeatureError) as small_err:
+            fitted.transform_records(rec)
+        with pytest.raises(FeatureError) as arrow_err:
+            arrow_path(fitted, monkeypatch, lambda: fitted.transform_records(rec))
+        assert small_err.value.field == field and str(small_err.value) == str(arrow_err.value)
+
+
+def test_tiny_config_records_both_paths(tiny_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fs = FeatureSet.from_config(load(tiny_config)).fit(pq.read_table(tiny_config.parent / "train.parquet"))
+    recs = make_log(300, 11).to_pylist()
+    identical(fs.transform_records(recs), arrow_path(fs, monkeypatch, lambda: fs.transform_records(recs)))
