@@ -42,7 +42,7 @@ from widedeep.train.checkpoint import (
 from widedeep.train import distributed as wd_dist
 from widedeep.train.data import ShardLoader
 
-EVAL_BATCH = 8192
+EVAL_BATCH = 2048  # rows per eval forward: larger batches only add transient memory
 SMALL_STEP_MACS = 1 << 24  # batch x MLP weights below which one CPU thread is faster
 LOG_EVERY = 50  # steps between progress-bar loss updates (reading the loss syncs a GPU)
 
