@@ -240,14 +240,16 @@ def main() -> None:
     setup = make_data(work, args.rows, args.eval_rows)
     shape = SMOKE if args.smoke else PAPER  # --smoke shrinks the model too: it checks the plumbing, not the speed
     spec = {"work": str(work), "rows": args.rows, "eval_every": 0, "shape": shape}
+    in_dim = 26 * shape["embedding_dim"] + 26  # 26 embeddings + 13 continuous x (value, null indicator)
+    bound_steps = 3 if args.smoke else 30
+    bound_before = mlp_bound(in_dim, bound_steps, torch.get_num_threads(), shape)  # before and after: on a shared
     fp32, fp32_wall, fp32_rss = run_child(["--child", json.dumps({**spec, "out": "fp32", "bf16": "off", "steps": args.steps})])
+    bound = (bound_before + mlp_bound(in_dim, bound_steps, torch.get_num_threads(), shape)) / 2  # machine, load drifts
     # bf16 against fp32 over the same first steps (same seed, same batches), each evaluated at the end.
     short = {}
     for mode in ("off", "on"):
         one = {**spec, "out": f"short-bf16-{mode}", "bf16": mode, "steps": args.bf16_steps}
         short[mode] = train_once(one) if args.smoke else run_child(["--child", json.dumps(one)])[0]
-    in_dim = 26 * shape["embedding_dim"] + 26  # 26 embeddings + 13 continuous x (value, null indicator)
-    bound = mlp_bound(in_dim, 3 if args.smoke else 30, torch.get_num_threads(), shape)
     result = {
         "rows": args.rows,
         "threads": torch.get_num_threads(),
