@@ -87,16 +87,16 @@ hidden = [8]
 def run_measured(cmd: list[str], cwd: Path) -> tuple[float, float]:
     """Run `cmd` to completion; (peak RSS in MB of that process, wall seconds). Raises with its stderr if it fails."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    log = cwd / f"{cmd[3]}.log"  # output goes to a file: a pipe nobody reads until the end would block the child
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # wait4 gives this child's own rusage (a sibling's peak cannot leak in, as it would with RUSAGE_CHILDREN).
-    _, status, usage = os.wait4(p.pid, 0)
+    with open(log, "wb") as out:
+        p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # wait4 gives this child's own rusage (a sibling's peak cannot leak in, as it would with RUSAGE_CHILDREN).
+        _, status, usage = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
-    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
-    if p.stdout:
-        p.stdout.close()
     if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed with exit code {p.returncode}:\n{err[-4000:]}")
+        tail = log.read_bytes()[-4000:].decode(errors="replace")
+        raise RuntimeError(f"{' '.join(cmd)} failed with exit code {p.returncode} (log: {log}):\n{tail}")
     return usage.ru_maxrss / 1024.0, time.perf_counter() - t0  # ru_maxrss is in KiB on Linux
 
 
