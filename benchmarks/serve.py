@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="widedeep-bench-serve-") as tmp:
         root = args.out or Path(tmp)
         if args.smoke:
-            model = paper_model(root / "model", rows=2_000, hidden=(64, 32))
-            result = bench_serve(model, candidates=20, splits=((20, 1), (10, 2)), http_splits=((10, 2),), requests=10,
-                                 warmup=2, clients=2, seconds=0.5, context_columns=CONTEXT, log=_err)  # fmt: skip
+            model = paper_model(root / "model", rows=300, hidden=(16,))
+            result = bench_serve(model, candidates=20, splits=((20, 1), (10, 2)), http_splits=((10, 2),), requests=6,
+                                 warmup=1, clients=2, seconds=0.3, context_columns=CONTEXT, log=_err)  # fmt: skip
         else:
             model = paper_model(root / "model", rows=args.rows)
             result = bench_serve(model, requests=args.requests, context_columns=CONTEXT, log=_err)
