@@ -112,3 +112,9 @@ def test_bad_arguments_raise_with_the_value():
         next(app_store(10, split="test"))
     with pytest.raises(ValueError, match="rows_per_file"):
         write_app_store("unused", 10, 10, rows_per_file=0)
+
+
+def test_cached_world_is_read_only():
+    w = world(0)
+    with pytest.raises(ValueError, match="read-only"):
+        w.pair_effect[0] = 0.0

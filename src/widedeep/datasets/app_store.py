@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -57,6 +57,7 @@ CATEGORIES = (
 COUNTRIES = ("us", "in", "br", "id", "ru", "de", "jp", "mx", "gb", "fr", "tr", "kr", "it", "es", "ca")
 COUNTRY_P = (0.19, 0.16, 0.1, 0.08, 0.06, 0.05, 0.05, 0.05, 0.05, 0.04, 0.04, 0.035, 0.035, 0.03, 0.03)
 COUNTRY_LANG = ("en", "hi", "pt", "id", "ru", "de", "ja", "es", "en", "fr", "tr", "ko", "it", "es", "en")
+LANGUAGES = tuple(sorted(set(COUNTRY_LANG)))
 DEVICES = ("galaxy_s", "galaxy_a", "pixel", "redmi", "moto", "tablet")
 DEVICE_P = (0.2, 0.25, 0.1, 0.2, 0.15, 0.1)
 
@@ -107,8 +108,6 @@ class World:
     pair_effect: np.ndarray  # (P,)
     frugal: np.ndarray  # (n_countries,) price sensitivity
 
-
-LANGUAGES = tuple(sorted(set(COUNTRY_LANG)))
 
 
 def _cdf(weights: np.ndarray) -> np.ndarray:
@@ -168,7 +167,7 @@ def world(seed: int = 0) -> World:
         members = cat_order[app_category[cat_order] == c]
         if len(members):
             within[app_category[cat_order] == c] = _cdf(seen_w[members] + 1e-12)
-    return World(
+    w = World(
         app_category=app_category,
         app_developer=app_developer,
         app_price=app_price,
@@ -193,6 +192,9 @@ def world(seed: int = 0) -> World:
         pair_effect=effect,
         frugal=rng.uniform(0.3, 1.5, n_country),
     )
+    for f in fields(w):  # the world is cached and shared: keep it immutable
+        getattr(w, f.name).flags.writeable = False
+    return w
 
 
 def _installs(
