@@ -140,3 +140,17 @@ def test_tiny_config_records_both_paths(tiny_config: Path, monkeypatch: pytest.M
     fs = FeatureSet.from_config(load(tiny_config)).fit(pq.read_table(tiny_config.parent / "train.parquet"))
     recs = make_log(300, 11).to_pylist()
     identical(fs.transform_records(recs), arrow_path(fs, monkeypatch, lambda: fs.transform_records(recs)))
+
+
+def test_missing_fields_and_non_mappings_report_like_the_arrow_path(fitted: FeatureSet, monkeypatch: pytest.MonkeyPatch) -> None:
+    recs = records(5, 6)
+    broken = [recs[0], {k: v for k, v in recs[1].items() if k != "h"}, recs[2]]
+    for rows in (broken, [recs[0], ["not", "a", "record"]]):
+        with pytest.raises(FeatureError) as small_err:
+            fitted.transform_records(rows)
+        with pytest.raises(FeatureError) as arrow_err:
+            arrow_path(fitted, monkeypatch, lambda: fitted.transform_records(rows))
+        assert str(small_err.value) == str(arrow_err.value)
+    lenient = fitted.transform_records(broken, strict=False)
+    identical(lenient, arrow_path(fitted, monkeypatch, lambda: fitted.transform_records(broken, strict=False)))
+    assert lenient.ids[1, fitted.id_slots.index("h")] == 1

@@ -10,6 +10,7 @@ Every input reaches the transform in one of three forms, whatever the file forma
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
@@ -160,6 +161,21 @@ def from_records(records: Sequence[Mapping[str, Any]], columns: Mapping[str, Kin
     """Build a table of `columns` from records; a missing key is an error when `strict`, else a missing value."""
     arrays = {name: column(record_values(records, name, strict), kind, name) for name, kind in columns.items()}
     return pa.table(arrays) if arrays else pa.table({"_": pa.nulls(len(records))}).drop_columns(["_"])
+
+
+def record_columns(records: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, list] | None:
+    """Several fields of the records in one C-level pass; None if any record lacks one or is not a mapping (the caller
+    then reads field by field with `record_values`, which reports the first problem in field order)."""
+    if not names:
+        return {}
+    get = operator.itemgetter(*names)
+    try:
+        rows = list(map(get, records))
+    except (KeyError, TypeError, IndexError):
+        return None
+    if len(names) == 1:
+        return {names[0]: rows}
+    return dict(zip(names, map(list, zip(*rows)))) if rows else {n: [] for n in names}
 
 
 def record_values(records: Sequence[Mapping[str, Any]], name: str, strict: bool = True) -> list:

@@ -277,9 +277,9 @@ class FeatureSet:
             kinds = {f.source: _kind(f) for f in feats}
             table = C.from_records(records, kinds, strict)
             return {f.name: self._encode(f, table.column(f.source)) for f in feats}
-        out = {}
+        out, given = {}, C.record_columns(records, list(dict.fromkeys(f.source for f in feats)))
         for f in feats:  # in feature order, so the first bad field is the one reported, as on the Arrow path
-            values = C.record_values(records, f.source, strict)
+            values = given[f.source] if given is not None else C.record_values(records, f.source, strict)
             col = None if f.type == "continuous" else self._encode_small(f, values)
             out[f.name] = col if col is not None else self._encode(f, C.column(values, _kind(f), f.source))
         return out
