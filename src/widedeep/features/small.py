@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-MEMO_LIMIT = 1 << 18  # tokens per feature; past it the memo starts over (a hashed user id can have millions)
+MEMO_LIMIT = 1 << 15  # tokens per feature (~250 bytes each); past it the memo starts over (user ids can be millions)
 
 TokenIds = Callable[[pa.Array], tuple[np.ndarray, np.ndarray]]  # distinct tokens -> (ids int32, hashes uint64)
 

@@ -241,7 +241,12 @@ def serve(
     intra_op: int = 1,
     log_level: str = "info",
 ) -> None:
-    """Run the ranking server until interrupted (loads the model first, so a bad model fails before binding)."""
+    """Run the ranking server until interrupted (loads the model first, so a bad model fails before binding).
+
+    Defaults chosen for 2 cores: torch with the context half of the first MLP layer, 100-candidate sub-batches on 2
+    threads, 1 torch thread per forward pass (2 intra-op threads spin and slow down 5-10x when the cores are shared;
+    onnxruntime has no context half and measured no faster); uvicorn picks uvloop and httptools (the serve extra).
+    """
     import uvicorn
 
     from widedeep.serve.scorer import configure_torch_threads
