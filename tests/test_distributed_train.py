@@ -22,7 +22,7 @@ CONFIG = """
 train = "data/train"
 eval = "data/eval.parquet"
 label = "installed"
-prepared = "prepared-{out}"
+prepared = "prepared-{prepared}"
 
 [features.country]
 type = "categorical"
@@ -66,9 +66,9 @@ deep_optimizer = {{ name = "adagrad", lr = 0.05 }}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _write(root: Path, name: str, out: str, epochs: int) -> Path:
+def _write(root: Path, name: str, out: str, epochs: int, prepared: str = "") -> Path:
     path = root / f"{name}.toml"
-    path.write_text(CONFIG.format(out=out, epochs=epochs))
+    path.write_text(CONFIG.format(out=out, epochs=epochs, prepared=prepared or out))
     return path
 
 
@@ -80,7 +80,8 @@ def _run(cmd: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One-process run (2 epochs); 2-process run of 1 epoch, then resumed to 2 epochs through `--nproc 2 --resume`."""
+    """One-process run (2 epochs); 2-process run of 1 epoch, then resumed to 2 epochs through `--nproc 2 --resume`;
+    one epoch warm-started from the one-process model, in one process and in two."""
     root = tmp_path_factory.mktemp("ddp")
     write_app_store(root / "data", 4_500, 1_500, seed=0, rows_per_file=1_500)  # 3 train files: rank 0 gets 2, rank 1 gets 1
     train(load(_write(root, "one", "one", 2)), progress=False)
@@ -89,6 +90,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _run([*torchrun, "-m", "widedeep", "train", str(two)])
     (root / "two-epoch1.json").write_text((root / "two" / "model" / "model.json").read_text())
     _run([sys.executable, "-m", "widedeep", "train", str(_write(root, "two_more", "two", 2)), "--resume", "--nproc", "2"])
+    warm = _write(root, "warm", "warm", 1, prepared="two")
+    train(load(_write(root, "warm_one", "warm_one", 1, prepared="two")), warm_start=root / "one" / "model", progress=False)
+    _run([*torchrun[:-1], f"--master-port={free_port()}", "-m", "widedeep", "train", str(warm), "--warm-start", str(root / "one" / "model")])
     return root
 
 
@@ -121,3 +125,10 @@ def test_resume_continued_the_first_epoch_and_only_rank_0_logged(runs: Path) -> 
     assert [e["step"] for e in evals] == [first["steps"], final["steps"]]  # one line per evaluation: rank 1 wrote nothing
     manifest = json.loads((runs / "prepared-two" / "manifest.json").read_text())
     assert manifest["ranks"] == 2  # training under torchrun prepared the data with both ranks
+
+
+def test_warm_start_under_torchrun_matches_one_process(runs: Path) -> None:
+    warm_two = _meta(runs / "warm" / "model")["metrics"]["eval"]["auc"]
+    warm_one = _meta(runs / "warm_one" / "model")["metrics"]["eval"]["auc"]
+    assert abs(warm_two - warm_one) < 0.005, (warm_two, warm_one)
+    Model.load(runs / "warm" / "model")
