@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from widedeep.config import ModelConfig, OptimizerConfig, TrainConfig
 from widedeep.model import WideDeep
 from widedeep.optim import FTRL, LazyAdam, build_optimizers, check_groups, make_optimizer, step, zero_grad
-from widedeep.optim.groups import sparse_parameters
+from widedeep.optim.groups import DEFAULTS, sparse_parameters
 from widedeep.optim.sparse_grad import coalesce
 
 from test_model import DEEP, WIDE, Layout, make_batch
@@ -79,7 +79,7 @@ def test_config_hyper_parameters_override_defaults() -> None:
     )
     opts = build_optimizers(m, cfg)
     g = opts["wide"].param_groups[0]
-    assert (g["alpha"], g["beta"], g["l1"]) == (0.3, 1.0, 2.0)
+    assert (g["alpha"], g["beta"], g["l1"]) == (0.3, DEFAULTS["ftrl"]["beta"], 2.0)
     dense_group, sparse_group = opts["deep"].param_groups
     assert dense_group["lr"] == sparse_group["lr"] == 0.2
     assert dense_group["weight_decay"] == 0.01 and sparse_group["weight_decay"] == 0.0  # torch AdaGrad: no decay on sparse grads
