@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import log_loss, roc_auc_score
 
 
 def binary_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """AUC, logloss, calibration (mean prediction / mean label) and counts for 0/1 labels and probabilities."""
+    from sklearn.metrics import log_loss, roc_auc_score  # imported here: scikit-learn adds ~2 s to every process start
+
     y = np.asarray(labels, dtype=np.float64).ravel()
     p = np.asarray(probs, dtype=np.float64).ravel()
     if y.shape != p.shape:
