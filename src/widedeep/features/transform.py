@@ -33,6 +33,7 @@ from widedeep.features.vocab import Vocabulary
 
 FORMAT, VERSION = "widedeep.features", 1
 _BUCKET_SALT = 0x7175616E74  # salts the hash of a quantile-bucket id when a continuous feature enters a cross
+_STACK_ROWS = 16384  # rows per block of _stack_columns
 SMALL_BATCH = 4096  # records up to this many skip Arrow: token ids come from a memo of this transform's own ids
 
 
@@ -62,13 +63,15 @@ def _map(pool: Executor | None, fn: Callable, items: Sequence) -> list:
     return list(pool.map(fn, items)) if pool is not None else [fn(x) for x in items]
 
 
-def _stack_columns(cols: list[np.ndarray], n: int, dtype) -> np.ndarray:
-    """(n, len(cols)) row-major matrix from columns, filled in row blocks that stay in cache (strided writes are slow)."""
+def _stack_columns(cols: list[np.ndarray], dtype, n: int) -> np.ndarray:
+    """(n, len(cols)) row-major matrix from columns, filled in row blocks that stay in cache (strided writes are slow).
+    One `np.stack` per block keeps the GIL released for most of the work (a column-by-column loop would contend)."""
     out = np.empty((n, len(cols)), dtype)
-    for r in range(0, n, 4096):
-        block = out[r : r + 4096]
-        for j, c in enumerate(cols):
-            block[:, j] = c[r : r + 4096]
+    if not cols:
+        return out
+    for r in range(0, n, _STACK_ROWS):
+        block = [c[r : r + _STACK_ROWS] for c in cols]
+        np.stack(block, axis=1, out=out[r : r + _STACK_ROWS], casting="unsafe")
     return out
 
 
@@ -246,7 +249,7 @@ class FeatureSet:
         label = None
         if self.label and self.label in table.column_names:
             label = C.as_label(table.column(self.label), self.label)
-        return self._assemble(cols, table.num_rows, label)
+        return self._assemble(cols, table.num_rows, label, pool)
 
     def transform_records(self, records: Sequence[Mapping[str, Any]], strict: bool = True) -> Encoded:
         """The serving path: records (field -> value) through the same transform; no label."""
@@ -349,13 +352,15 @@ class FeatureSet:
         tokens = Tokens(h[s.indices], offsets, lists.null) if want_tokens else None
         return _Col(ids.astype(np.int32, copy=False), out_off, None, tokens)
 
-    def _assemble(self, cols: dict[str, _Col], n: int, label: np.ndarray | None) -> Encoded:
-        for c in self.crosses:
-            out = cross([cols[name].tokens for name in c.columns], c.buckets)
+    def _assemble(
+        self, cols: dict[str, _Col], n: int, label: np.ndarray | None, pool: Executor | None = None
+    ) -> Encoded:
+        crossed = _map(pool, lambda c: cross([cols[name].tokens for name in c.columns], c.buckets), self.crosses)
+        for c, out in zip(self.crosses, crossed):
             cols[c.name] = _Col(out, None) if isinstance(out, np.ndarray) else _Col(out[0], out[1])
-        ids = _stack_columns([cols[name].ids for name in self.id_slots], n, np.int32)
         dense_cols = [cols[f.name].dense for f in self.features if f.type == "continuous"]
-        dense = _stack_columns([x for pair in dense_cols for x in pair], n, np.float32)
+        ids_in, dense_in = [cols[name].ids for name in self.id_slots], [x for pair in dense_cols for x in pair]
+        ids, dense = _map(pool, lambda p: _stack_columns(*p, n), [(ids_in, np.int32), (dense_in, np.float32)])
         lists = {name: (cols[name].ids, cols[name].offsets) for name in self.list_slots}
         return Encoded(ids=ids, dense=dense, lists=lists, label=label)
 
