@@ -44,7 +44,10 @@ def test_http_with_onnxruntime_backend(exported: Path):
     with BackgroundServer(create_app(live)) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
         r = client.post("/v1/recommend", json={"context": CONTEXT, "candidates": [{"impression_app": "app3", "price": 2.0}] * 3, "k": 2})
         assert r.status_code == 200, r.text
-        assert [it["index"] for it in r.json()["items"]] == [0, 1]
+        # Three identical candidates: onnxruntime's scores of identical rows can differ in the last bit, so which two
+        # come first is not fixed.
+        picked = [it["index"] for it in r.json()["items"]]
+        assert len(picked) == 2 and len(set(picked)) == 2 and set(picked) <= {0, 1, 2}, picked
         assert client.get("/v1/model").json()["backend"] == "onnxruntime"
         bad = client.post("/v1/recommend", json={"context": CONTEXT, "candidates": [{"impression_app": 3.5, "price": 1}]})
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "candidates[0].impression_app"
