@@ -28,7 +28,9 @@ from widedeep.features.shards import write_shard
 from widedeep.features.transform import VERSION, FeatureSet
 
 SPLITS = ("train", "eval")
-CACHE_BYTES = 0  # keep no batches by default: peak memory stays flat in the data size
+# Training batches kept between the fit and the encode pass, so the encode pass need not read the files again (reading
+# is the largest single cost). Bounded: beyond it nothing is kept and peak memory stays flat in the data size.
+CACHE_BYTES = 256 << 20
 
 
 def _inputs(cfg: Config) -> dict[str, list[Path]]:
@@ -149,6 +151,13 @@ def _fit_caching(fs: FeatureSet, paths: Sequence[Path], pool: Executor, cache_by
     return cache
 
 
+def _drain(batches: list[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Yield the cached batches in order, letting go of each one as it is taken (memory falls as encoding goes)."""
+    batches.reverse()
+    while batches:
+        yield batches.pop()
+
+
 def _encode(fs: FeatureSet, batches: Iterable[pa.RecordBatch], out: Path, pool: Executor) -> list[str]:
     """Encode batches into shards out/part-00000, ...; each shard is written while the next batch is encoded."""
     names: list[str] = []
@@ -191,9 +200,11 @@ def prepare(cfg: Config, force: bool = False, verbose: bool = True, cache_bytes:
             splits = {}
             for s in SPLITS:
                 if inputs[s]:
-                    batches = cached if s == "train" and cached is not None else _prefetch(_batches(fs, inputs[s]))
+                    if s == "train" and cached is not None:
+                        batches, cached = _drain(cached), None
+                    else:
+                        batches = _prefetch(_batches(fs, inputs[s]))
                     splits[s] = {"rows": rows[s], "shards": _encode(fs, batches, work / s, pool)}
-                    cached = None if s == "train" else cached
         manifest = {
             "fingerprint": fp,
             "features": "features.json",
