@@ -28,7 +28,7 @@ from widedeep.optim import build_optimizers, step, zero_grad
 
 @dataclass
 class SyntheticLayout:
-    """The FeatureSet attributes the model reads, for n_cat categorical and n_cont continuous features."""
+    """The FeatureSet attributes the model reads: n_cat categorical, n_cont continuous and the multi-valued `list_slots`."""
 
     n_cat: int
     n_cont: int
@@ -45,8 +45,16 @@ class SyntheticLayout:
         conts = [f"i{i}" for i in range(self.n_cont)]
         self.id_slots = tuple(cats + conts)
         self.dense_names = tuple(n for c in conts for n in (c, f"{c}__null"))
-        self.cardinality = {**{c: 3 + self.vocab for c in cats}, **{c: 3 + self.buckets for c in conts}}
-        self.features = tuple([FeatureSpec(c, "categorical") for c in cats] + [FeatureSpec(c, "continuous") for c in conts])
+        self.cardinality = {
+            **{c: 3 + self.vocab for c in cats},
+            **{c: 3 + self.buckets for c in conts},
+            **{name: 3 + self.vocab for name in self.list_slots},
+        }
+        self.features = tuple(
+            [FeatureSpec(c, "categorical") for c in cats]
+            + [FeatureSpec(c, "continuous") for c in conts]
+            + [FeatureSpec(name, "categorical", multi_valued=True) for name in self.list_slots]
+        )
 
 
 def batches(fs: SyntheticLayout, batch: int, n: int, seed: int) -> list[Batch]:

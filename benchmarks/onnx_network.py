@@ -14,44 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from widedeep.config import FeatureSpec, ModelConfig
+from widedeep.config import ModelConfig
 from widedeep.model import WideDeep
 from widedeep.serve.onnx import OnnxNetwork, example_tensors, export_network
 
-
-@dataclass
-class Layout:
-    """The FeatureSet attributes the model reads: n_cat categorical, n_cont continuous, one multi-valued feature."""
-
-    n_cat: int
-    n_cont: int
-    vocab: int
-    buckets: int = 100
-    id_slots: tuple[str, ...] = ()
-    list_slots: tuple[str, ...] = ("apps",)
-    dense_names: tuple[str, ...] = ()
-    cardinality: dict[str, int] = field(default_factory=dict)
-    features: tuple[FeatureSpec, ...] = ()
-
-    def __post_init__(self) -> None:
-        cats = [f"c{i}" for i in range(self.n_cat)]
-        conts = [f"i{i}" for i in range(self.n_cont)]
-        self.id_slots = tuple(cats + conts)
-        self.dense_names = tuple(n for c in conts for n in (c, f"{c}__null"))
-        self.cardinality = {**{c: 3 + self.vocab for c in cats}, **{c: 3 + self.buckets for c in conts}, "apps": 3 + self.vocab}
-        self.features = tuple(
-            [FeatureSpec(c, "categorical") for c in cats]
-            + [FeatureSpec(c, "continuous") for c in conts]
-            + [FeatureSpec("apps", "categorical", multi_valued=True)]
-        )
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_step import SyntheticLayout  # noqa: E402  (the same synthetic paper layout as the training-step benchmark)
 
 
 def median_ms(fn, reps: int, warmup: int) -> float:
@@ -78,7 +54,7 @@ def main() -> None:
     torch.set_num_threads(1)
     try:
         torch.manual_seed(0)
-        fs = Layout(n_cat=26, n_cont=13, vocab=args.vocab)
+        fs = SyntheticLayout(n_cat=26, n_cont=13, vocab=args.vocab, list_slots=("apps",))
         cats = tuple(f"c{i}" for i in range(26))
         cfg = ModelConfig(wide=fs.id_slots + ("apps",), deep=cats + tuple(f"i{i}" for i in range(13)) + ("apps",), hidden=hidden)
         model = WideDeep.build(cfg, fs).eval()
