@@ -21,6 +21,8 @@ import pyarrow as pa
 import torch
 
 import widedeep
+from widedeep.atomic import fsync_path as _fsync
+from widedeep.atomic import write_text_synced as _write_text
 from widedeep.batch import Batch
 from widedeep.config import Config, from_dict, to_dict
 from widedeep.features.encoded import Encoded
@@ -120,21 +122,6 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[s
     # Sparse gradients/optimizer states never reach here: state_dict and optimizer_tensors hold dense tensors.
     save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
     _fsync(path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from widedeep.artifact import META_FILE, WEIGHTS_FILE, ArtifactError, Model, sha256_file
+from widedeep.atomic import fsync_path as _fsync
 from widedeep.batch import pad_ragged
 from widedeep.features.encoded import Encoded
 
@@ -168,14 +169,6 @@ def _opset(path: Path) -> int:
 
     proto = onnx.load(str(path), load_external_data=False)
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class OnnxNetwork:

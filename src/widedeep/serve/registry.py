@@ -27,6 +27,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from widedeep.artifact import WEIGHTS_FILE, read_meta
+from widedeep.atomic import fsync_path as _fsync
 from widedeep.serve.validate import AUC_TOLERANCE, LOGLOSS_TOLERANCE, ValidationReport, validate
 
 __all__ = ["Registry", "RegistryError", "ValidationReport", "is_registry", "validate"]
@@ -225,12 +226,3 @@ def _weights_sha(model_dir: Path) -> str | None:
         return json.loads((model_dir / "model.json").read_text(encoding="utf-8"))["files"][WEIGHTS_FILE]["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-

@@ -25,6 +25,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from widedeep.atomic import write_text_synced as _fsync_write
+
 FORMAT = 1
 PREFIX = "step-"
 
@@ -138,13 +140,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _fsync_write(path: Path, data: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def save_checkpoint(

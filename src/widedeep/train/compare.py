@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from widedeep.atomic import write_text_atomic as _write_atomic
 from widedeep.config import Config
 
 MODEL_TYPES = ("wide", "deep", "wide_deep")
@@ -128,10 +128,3 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
