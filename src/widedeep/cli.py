@@ -9,6 +9,12 @@ from pathlib import Path
 
 from widedeep.config import ConfigError, load
 
+BACKENDS = ("torch", "onnxruntime", "hybrid")  # widedeep.serve.scorer.BACKENDS, without importing torch at start-up
+BACKEND_HELP = (
+    "torch: the whole network in torch; onnxruntime: the exported model.onnx; hybrid: embeddings in torch, the MLP with "
+    "its context half split out in onnxruntime (fastest). Default: hybrid where onnxruntime is installed, else torch"
+)
+
 
 def _prepare(args: argparse.Namespace) -> int:
     from widedeep.train.distributed import env_world
@@ -201,9 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", type=Path, metavar="MODEL_OR_REGISTRY")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
-    s.add_argument("--sub-batch", type=int, default=100, help="candidates per forward pass")
-    s.add_argument("--threads", type=int, default=2, help="sub-batches scored in parallel")
+    s.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP)
+    s.add_argument("--sub-batch", type=int, default=None, help="candidates per forward pass (default: 200 hybrid, else 100)")
+    s.add_argument("--threads", type=int, default=None, help="sub-batches scored in parallel (default: 1 hybrid, else 2)")
     s.add_argument("--intra-op", type=int, default=1, help="torch threads inside one forward pass")
     s.add_argument("--max-candidates", type=int, default=1000, help="larger requests get 422")
     s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger bodies get 413")
@@ -219,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clients", type=int, default=4, help="concurrent clients in the throughput run")
     s.add_argument("--seconds", type=float, default=5.0, help="length of the throughput run")
     s.add_argument("--context", default=None, help="comma-separated input columns sent as the context (default: first half)")
-    s.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    s.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP)
     s.add_argument("--no-http", action="store_true", help="in-process figures only")
     s.set_defaults(func=_bench_serve)
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import orjson
 
-from widedeep.serve.scorer import Scorer, configure_torch_threads
+from widedeep.serve.scorer import Scorer, configure_torch_threads, default_backend
 
 PAPER_MS = {(200, 1): 31.0, (100, 2): 17.0, (50, 4): 14.0}  # Cheng et al. 2016, Table 2 (client-side, incl. serving)
 SPLITS = ((200, 1), (100, 2), (50, 4))
@@ -59,11 +59,12 @@ class BenchResult:
     request_bytes: int = 0
     cores: int = 0
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after the run
+    backend: str = "torch"
 
     def markdown(self) -> str:
         """The Markdown table printed by bench-serve, next to the paper's figures."""
         lines = [
-            f"Model `{self.model}`, {self.candidates} candidates per request ({self.request_bytes / 1024:.0f} KiB of JSON), "
+            f"Model `{self.model}` ({self.backend} backend), {self.candidates} candidates per request ({self.request_bytes / 1024:.0f} KiB of JSON), "
             f"{self.cores} CPU cores, load average {self.load[0]:.1f} before / {self.load[1]:.1f} after "
             f"(above {self.cores} the cores were shared and every latency is inflated). Latency p50 / p90 / p99; "
             "CPU = this process's CPU time per in-process request, all threads.",
@@ -78,7 +79,7 @@ class BenchResult:
             lines.append(f"| {split[0]} x {split[1]} | {paper} | {lat.cell()} | {lat.cpu:.1f} ms | {http} |")
         lines.append("")
         lines.append(
-            f"Bare network forward on {self.candidates} rows (1 thread, fp32): {self.forward.p50:.1f} ms p50, "
+            f"Bare network forward on {self.candidates} rows ({self.backend}, no context half, fp32): {self.forward.p50:.1f} ms p50, "
             f"{self.forward.cpu:.1f} ms CPU; feature transform of the request: {self.transform.p50:.1f} ms p50, "
             f"{self.transform.cpu:.1f} ms CPU."
         )
@@ -300,20 +301,22 @@ def bench_serve(
     clients: int = 4,
     seconds: float = 5.0,
     context_columns: Sequence[str] | None = None,
-    backend: str = "torch",
+    backend: str | None = None,
     http: bool = True,
     http_splits: Sequence[tuple[int, int]] | None = None,
     log: Callable[[str], None] = print,
 ) -> BenchResult:
     """Run the whole table for one model directory (or registry); returns the figures (`.markdown()` for the table)."""
     configure_torch_threads(1)
+    backend = backend or default_backend()
     base = Scorer.load(model, backend=backend, sub_batch=candidates, threads=1)
     context, cands = synthetic_request(base, candidates, context_columns)
     body = orjson.dumps({"context": context, "candidates": cands, "k": 10})
     load_before = os.getloadavg()[0]
     forward = time_forward(base, context, cands, requests, warmup)
     transform = time_calls(lambda: base.features.transform_request(context, cands), requests, warmup)
-    result = BenchResult(str(model), candidates, forward, transform, request_bytes=len(body), cores=len(os.sched_getaffinity(0)))
+    result = BenchResult(str(model), candidates, forward, transform, request_bytes=len(body), cores=len(os.sched_getaffinity(0)),
+                         backend=backend)  # fmt: skip
     log(f"bare forward: {forward.cell()}; transform: {transform.cell()}")
     for sub_batch, threads in splits:
         s = Scorer.load(model, backend=backend, sub_batch=sub_batch, threads=threads)

@@ -232,9 +232,9 @@ def serve(
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
-    backend: Backend = "torch",
-    sub_batch: int = 100,
-    threads: int = 2,
+    backend: Backend | None = None,
+    sub_batch: int | None = None,
+    threads: int | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     max_candidates: int = MAX_CANDIDATES,
     poll_s: float = 0.5,
@@ -243,14 +243,18 @@ def serve(
 ) -> None:
     """Run the ranking server until interrupted (loads the model first, so a bad model fails before binding).
 
-    Defaults chosen for 2 cores: torch with the context half of the first MLP layer, 100-candidate sub-batches on 2
-    threads, 1 torch thread per forward pass (2 intra-op threads spin and slow down 5-10x when the cores are shared;
-    onnxruntime has no context half and measured no faster); uvicorn picks uvloop and httptools (the serve extra).
+    Defaults chosen for 2 cores: the `hybrid` backend (the MLP in onnxruntime, context half split out) where onnxruntime
+    is installed, one 200-candidate pass on its 2 threads; else torch with 100-candidate sub-batches on 2 threads. Torch
+    itself gets 1 thread per forward pass (2 intra-op threads spin and slow down 5-10x when the cores are shared).
+    uvicorn picks uvloop and httptools (the serve extra).
     """
     import uvicorn
 
-    from widedeep.serve.scorer import configure_torch_threads
+    from widedeep.serve.scorer import configure_torch_threads, default_backend, default_split
 
+    backend = backend or default_backend()
+    split = default_split(backend)
+    sub_batch, threads = sub_batch or split[0], threads or split[1]
     configure_torch_threads(intra_op)
     live = LiveScorer(source, lambda p: Scorer.load(p, backend=backend, sub_batch=sub_batch, threads=threads), poll_s=poll_s)
     app = create_app(live, max_body_bytes=max_body_bytes, max_candidates=max_candidates)

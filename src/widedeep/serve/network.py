@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -62,15 +62,25 @@ def deep_columns(deep: Deep, dense_names: Sequence[str]) -> DeepColumns:
 
 
 class ContextHalf:
-    """The first MLP layer split into context and candidate columns, for one set of context features."""
+    """The first MLP layer split into context and candidate columns, for one set of context features.
 
-    def __init__(self, first: nn.Linear, ctx_cols: np.ndarray, item_cols: np.ndarray):
+    With `rest` (the MLP's modules after the first Linear and ReLU) the candidate half runs in onnxruntime (`OrtMlp`).
+    """
+
+    def __init__(
+        self, first: nn.Linear, ctx_cols: np.ndarray, item_cols: np.ndarray, rest: Sequence[nn.Module] | None = None, threads: int = 1
+    ):
         self.ctx_cols = torch.from_numpy(ctx_cols.astype(np.int64))
         self.item_cols = torch.from_numpy(item_cols.astype(np.int64))
         w = first.weight.detach()  # (H, D)
         self.w_ctx = w.index_select(1, self.ctx_cols).t().contiguous()  # (D_u, H)
         self.w_item = w.index_select(1, self.item_cols).t().contiguous()  # (D_i, H)
         self.bias = first.bias.detach()
+        self.ort = None
+        if rest is not None:
+            from widedeep.serve.ort_mlp import OrtMlp
+
+            self.ort = OrtMlp(self.w_item.numpy(), rest, intra_op_threads=threads)
 
     def context_term(self, x0: torch.Tensor) -> torch.Tensor:
         """x0 (1, D) deep input of any row -> W_u u + b (1, H)."""
@@ -81,21 +91,52 @@ class ContextHalf:
         return torch.relu(torch.addmm(ctx_term, x.index_select(1, self.item_cols), self.w_item))
 
 
-class TorchNetwork:
-    """A WideDeep module in inference mode; optionally scores with a precomputed context half of the first MLP layer."""
+MlpRuntime = Literal["torch", "onnxruntime"]
 
-    def __init__(self, module: WideDeep, dense_names: Sequence[str], features_by_source: dict[str, str]):
+
+class TorchNetwork:
+    """A WideDeep module in inference mode; optionally scores with a precomputed context half of the first MLP layer.
+
+    `mlp="onnxruntime"` keeps the embedding lookups and the wide part in torch and runs the MLP in onnxruntime on
+    `mlp_threads` threads (faster GEMMs on CPU); the logits agree with torch's to float32 rounding.
+    """
+
+    def __init__(
+        self,
+        module: WideDeep,
+        dense_names: Sequence[str],
+        features_by_source: dict[str, str],
+        *,
+        mlp: MlpRuntime = "torch",
+        mlp_threads: int = 1,
+    ):
+        if mlp not in ("torch", "onnxruntime"):
+            raise ValueError(f"mlp must be 'torch' or 'onnxruntime', got {mlp!r}")
         self.module = module.eval()
         self.deep: Deep | None = module.deep
         self.layout = deep_columns(self.deep, dense_names) if self.deep is not None else None
         self.feature_of_source = dict(features_by_source)  # input column -> feature name
         self._halves: dict[frozenset[str], ContextHalf | None] = {}
         self._capture = threading.local()
+        self._ort_rest = None  # the MLP after its first Linear and ReLU, where onnxruntime runs it
+        self._ort_threads = int(mlp_threads)
+        self._full: ContextHalf | None = None  # onnxruntime over every column (no context split)
         if self.deep is not None:
             self.deep.mlp.register_forward_pre_hook(self._mlp_input_hook)
+            layers = self.deep.mlp.layers
+            if mlp == "onnxruntime" and _splittable(layers):
+                self._ort_rest = list(layers[2:])
+                first = layers[0]
+                self._full = ContextHalf(first, np.zeros(0, np.int64), np.arange(self.deep.in_dim), self._ort_rest, self._ort_threads)
+
+    @property
+    def mlp_runtime(self) -> MlpRuntime:
+        return "torch" if self._full is None else "onnxruntime"
 
     @torch.inference_mode()
     def __call__(self, ids: np.ndarray, dense: np.ndarray, lists: Sequence[np.ndarray]) -> np.ndarray:
+        if self._full is not None:
+            return self.with_context(self._full, self._full.bias.unsqueeze(0), ids, dense, lists)
         t_ids, t_dense, t_lists = _tensors(ids, dense, lists)
         return self.module.forward_tensors(t_ids, t_dense, *t_lists).float().numpy()
 
@@ -105,12 +146,12 @@ class TorchNetwork:
         if half is ...:
             half = None
             layers = self.deep.mlp.layers if self.deep is not None else ()
-            if len(layers) > 2 and isinstance(layers[0], nn.Linear) and isinstance(layers[1], nn.ReLU):
+            if _splittable(layers):
                 ctx = frozenset(self.feature_of_source[c] for c in context_columns if c in self.feature_of_source)
                 ctx_cols = self.layout.columns(ctx)
                 item_cols = np.setdiff1d(np.arange(self.deep.in_dim), ctx_cols)
                 if len(ctx_cols) and len(item_cols):
-                    half = ContextHalf(self.deep.mlp.layers[0], ctx_cols, item_cols)
+                    half = ContextHalf(layers[0], ctx_cols, item_cols, self._ort_rest, self._ort_threads)
             if len(self._halves) < 64:  # a few context shapes in practice; never grow without bound
                 self._halves[context_columns] = half
         return half
@@ -128,10 +169,15 @@ class TorchNetwork:
         """Logits (B,) equal to __call__'s, with the context half of the first layer taken from `ctx_term`."""
         t_ids, t_dense, t_lists = _tensors(ids, dense, lists)
         m = self.module
-        h = half.first_layer(self._deep_input(t_ids, t_dense, t_lists), ctx_term)
-        for layer in m.deep.mlp.layers[2:]:  # layers[1] is the ReLU that first_layer applied
-            h = layer(h)
-        logit = h.squeeze(-1) + m.bias
+        x = self._deep_input(t_ids, t_dense, t_lists)
+        if half.ort is not None:
+            x_item = x if half.ctx_cols.numel() == 0 else x.index_select(1, half.item_cols)
+            logit = torch.from_numpy(half.ort(x_item.numpy(), ctx_term.numpy())) + m.bias
+        else:
+            h = half.first_layer(x, ctx_term)
+            for layer in m.deep.mlp.layers[2:]:  # layers[1] is the ReLU that first_layer applied
+                h = layer(h)
+            logit = h.squeeze(-1) + m.bias
         if m.wide is not None:
             logit = logit + m.wide(t_ids, t_lists)
         return logit.float().numpy()
@@ -151,6 +197,11 @@ class TorchNetwork:
             cap.x = args[0]
             return (args[0][:0],)
         return None
+
+
+def _splittable(layers: Sequence[nn.Module]) -> bool:
+    """An MLP that starts Linear, ReLU and has more layers after them."""
+    return len(layers) > 2 and isinstance(layers[0], nn.Linear) and isinstance(layers[1], nn.ReLU)
 
 
 def _tensors(ids: np.ndarray, dense: np.ndarray, lists: Sequence[np.ndarray]):

@@ -1,0 +1,78 @@
+"""The hybrid backend: embeddings and wide part in torch, the MLP in onnxruntime, scores equal to torch's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from widedeep.serve.network import TorchNetwork  # noqa: E402
+from widedeep.serve.scorer import Scorer, default_backend, default_split  # noqa: E402
+
+from test_scorer import CONTEXT, candidates  # noqa: E402
+from test_scorer_network import _model, _request  # noqa: E402
+
+
+@pytest.mark.parametrize("n", [1, 9, 64])
+def test_onnxruntime_mlp_matches_torch_with_and_without_context_half(n: int):
+    model, fs = _model()
+    sources = {f.source: f.name for f in fs.features}
+    plain = TorchNetwork(model, fs.dense_names, sources)
+    hybrid = TorchNetwork(model, fs.dense_names, sources, mlp="onnxruntime", mlp_threads=2)
+    assert plain.mlp_runtime == "torch" and hybrid.mlp_runtime == "onnxruntime"
+    ids, dense, lists = _request(n, np.random.default_rng(n), {0: 4, 2: 9, 3: 5})
+    want = plain(ids, dense, lists)
+    np.testing.assert_allclose(hybrid(ids, dense, lists), want, rtol=1e-5, atol=1e-6)
+    half = hybrid.context_half(frozenset({"country", "installed", "user", "user_age"}))
+    assert half is not None and half.ort is not None  # the split MLP really runs in onnxruntime
+    got = hybrid.with_context(half, hybrid.context_term(half, ids, dense, lists), ids, dense, lists)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_wrong_onnxruntime_graph_would_show():
+    """Guard against a vacuous parity check: other weights give other logits."""
+    model, fs = _model(seed=0)
+    other, _ = _model(seed=1)
+    sources = {f.source: f.name for f in fs.features}
+    ids, dense, lists = _request(32, np.random.default_rng(0), {0: 4})
+    a = TorchNetwork(model, fs.dense_names, sources, mlp="onnxruntime")(ids, dense, lists)
+    b = TorchNetwork(other, fs.dense_names, sources, mlp="onnxruntime")(ids, dense, lists)
+    assert np.abs(a - b).max() > 1e-3
+
+
+def test_hybrid_scorer_ranks_like_torch(tiny_model: Path):
+    cands = candidates(200, seed=5)
+    torch_s = Scorer.load(tiny_model, backend="torch", sub_batch=200, threads=1)
+    hybrid = Scorer.load(tiny_model, backend="hybrid", sub_batch=200, threads=1)
+    try:
+        assert hybrid.meta["backend"] == "hybrid" and hybrid.network.mlp_runtime == "onnxruntime"
+        a, b = torch_s.recommend(CONTEXT, cands, k=200), hybrid.recommend(CONTEXT, cands, k=200)
+        np.testing.assert_allclose(b.score, a.score, rtol=1e-5, atol=1e-6)
+        rows = [{**CONTEXT, **c} for c in cands[:40]]
+        np.testing.assert_allclose(hybrid.score(rows), torch_s.score(rows), rtol=1e-5, atol=1e-6)
+    finally:
+        torch_s.close()
+        hybrid.close()
+
+
+@pytest.mark.parametrize("sub_batch,threads", [(100, 2), (50, 4)])
+def test_hybrid_sub_batches_equal_the_unsplit_batch(tiny_model: Path, sub_batch: int, threads: int):
+    cands = candidates(200, seed=6)
+    whole = Scorer.load(tiny_model, backend="hybrid").recommend(CONTEXT, cands, k=200)
+    s = Scorer.load(tiny_model, backend="hybrid", sub_batch=sub_batch, threads=threads)
+    try:
+        split = s.recommend(CONTEXT, cands, k=200)
+        np.testing.assert_array_equal(split.index, whole.index)
+        np.testing.assert_allclose(split.score, whole.score, rtol=1e-6, atol=1e-7)
+    finally:
+        s.close()
+
+
+def test_defaults_pick_the_hybrid_backend_where_onnxruntime_is_installed():
+    assert default_backend() == "hybrid"
+    assert default_split("hybrid") == (200, 1) and default_split("torch") == (100, 2)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Scorer.load("unused", backend="tensorrt")
