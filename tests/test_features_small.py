@@ -154,3 +154,26 @@ def test_missing_fields_and_non_mappings_report_like_the_arrow_path(fitted: Feat
     lenient = fitted.transform_records(broken, strict=False)
     identical(lenient, arrow_path(fitted, monkeypatch, lambda: fitted.transform_records(broken, strict=False)))
     assert lenient.ids[1, fitted.id_slots.index("h")] == 1
+
+
+@pytest.mark.parametrize(
+    "xs",
+    [
+        [1, 2.5, -4.0, 1e9, 0, float("nan"), 3],  # the numpy fast path
+        [1.5, True, 2],  # a bool: Arrow converts it
+        [1.0, 2**60, 3],  # an integer beyond float64's exact range: Arrow decides
+    ],
+)
+def test_numbers_without_arrow_equal_the_arrow_path(fitted: FeatureSet, monkeypatch: pytest.MonkeyPatch, xs: list) -> None:
+    from widedeep.features.columns import small_floats
+
+    recs = [{"c": "a", "tags": ["b"], "h": "c", "hl": None, "x": x} for x in xs]
+    fast = small_floats(xs)
+    assert (fast is not None) == (xs[1] == 2.5)
+    try:
+        expected = arrow_path(fitted, monkeypatch, lambda: fitted.transform_records(recs))
+    except FeatureError:
+        with pytest.raises(FeatureError, match="x"):
+            fitted.transform_records(recs)
+        return
+    identical(fitted.transform_records(recs), expected)

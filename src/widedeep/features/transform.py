@@ -283,7 +283,11 @@ class FeatureSet:
         out, given = {}, C.record_columns(records, list(dict.fromkeys(f.source for f in feats)))
         for f in feats:  # in feature order, so the first bad field is the one reported, as on the Arrow path
             values = given[f.source] if given is not None else C.record_values(records, f.source, strict)
-            col = None if f.type == "continuous" else self._encode_small(f, values)
+            if f.type == "continuous":
+                x = C.small_floats(values)
+                col = None if x is None else self._encode_continuous(f, x)
+            else:
+                col = self._encode_small(f, values)
             out[f.name] = col if col is not None else self._encode(f, C.column(values, _kind(f), f.source))
         return out
 
@@ -327,16 +331,7 @@ class FeatureSet:
         """Ids (and dense values, and token hashes when a cross needs them) of one feature."""
         want_tokens = f.name in self._in_cross
         if f.type == "continuous":
-            x = C.as_floats(col, f.source)
-            null = np.isnan(x)
-            q = self.quantiles_[f.name]
-            i = q.bucketize(x)
-            ids = (i + 2).astype(np.int32)
-            ids[null] = 1
-            value = q.normalize(i)
-            value[null] = 0.0
-            tokens = Tokens(hash_ints(i, _BUCKET_SALT), None, null) if want_tokens else None
-            return _Col(ids, None, (value, null.astype(np.float32)), tokens)
+            return self._encode_continuous(f, C.as_floats(col, f.source))
         if f.multi_valued:
             lists = C.as_lists(col, f.source, f.delimiter)
             s, offsets = lists.elements, lists.offsets
@@ -351,6 +346,18 @@ class FeatureSet:
         ids, out_off = fill_rows(uniq[s.indices], offsets, lists.null, np.int32(1))
         tokens = Tokens(h[s.indices], offsets, lists.null) if want_tokens else None
         return _Col(ids.astype(np.int32, copy=False), out_off, None, tokens)
+
+    def _encode_continuous(self, f: FeatureSpec, x: np.ndarray) -> _Col:
+        """Bucket id, normalized value and null flag of a continuous feature from float64 values (NaN = missing)."""
+        null = np.isnan(x)
+        q = self.quantiles_[f.name]
+        i = q.bucketize(x)
+        ids = (i + 2).astype(np.int32)
+        ids[null] = 1
+        value = q.normalize(i)
+        value[null] = 0.0
+        tokens = Tokens(hash_ints(i, _BUCKET_SALT), None, null) if f.name in self._in_cross else None
+        return _Col(ids, None, (value, null.astype(np.float32)), tokens)
 
     def _assemble(
         self, cols: dict[str, _Col], n: int, label: np.ndarray | None, pool: Executor | None = None
