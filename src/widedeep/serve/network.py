@@ -164,12 +164,15 @@ class TorchNetwork:
 
     @torch.inference_mode()
     def with_context(
-        self, half: ContextHalf, ctx_term: torch.Tensor, ids: np.ndarray, dense: np.ndarray, lists: Sequence[np.ndarray]
+        self, half: ContextHalf, ctx_term: torch.Tensor | None, ids: np.ndarray, dense: np.ndarray, lists: Sequence[np.ndarray]
     ) -> np.ndarray:
-        """Logits (B,) equal to __call__'s, with the context half of the first layer taken from `ctx_term`."""
+        """Logits (B,) equal to __call__'s, with the context half of the first layer taken from `ctx_term` (computed here
+        from the first row when None: one deep-input pass for a request scored in one piece)."""
         t_ids, t_dense, t_lists = _tensors(ids, dense, lists)
         m = self.module
         x = self._deep_input(t_ids, t_dense, t_lists)
+        if ctx_term is None:
+            ctx_term = half.context_term(x[:1])
         if half.ort is not None:
             x_item = x if half.ctx_cols.numel() == 0 else x.index_select(1, half.item_cols)
             logit = torch.from_numpy(half.ort(x_item.numpy(), ctx_term.numpy())) + m.bias

@@ -160,7 +160,7 @@ class Scorer:
         net = self.network
         half = net.context_half(context_columns) if (self.context_half and context_columns and n > 1) else None
         if half is not None:
-            ctx_term = net.context_term(half, ids, dense, lists)
+            ctx_term = net.context_term(half, ids, dense, lists) if n > self.sub_batch else None  # else with_context's own
 
             def run(a: int, b: int) -> np.ndarray:
                 return net.with_context(half, ctx_term, ids[a:b], dense[a:b], [x[a:b] for x in lists])
