@@ -83,9 +83,35 @@ def test_context_half_matches_plain_forward(n: int):
     assert half is not None and len(half.ctx_cols) == 4 + 8 + 4 + 2
     ctx = net.context_term(half, ids, dense, lists)
     got = net.with_context(half, ctx, ids, dense, lists)
-    want = net(ids, dense, lists)
+    want = reference(model, ids, dense, lists)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net(ids, dense, lists), want, rtol=1e-5, atol=1e-6)
     assert np.std(want) > 0 or n == 1  # candidates differ, so a wrong split would show
+
+
+def reference(model: WideDeep, ids: np.ndarray, dense: np.ndarray, lists) -> np.ndarray:
+    """The module's own forward: no split, no projection."""
+    with torch.inference_mode():
+        return model.forward_tensors(torch.from_numpy(ids), torch.from_numpy(dense), *map(torch.from_numpy, lists)).numpy()
+
+
+@pytest.mark.parametrize("budget", [0, 13 * 16 * 4, 1 << 20])  # nothing, the smallest slot only (country), every slot
+@pytest.mark.parametrize("mlp", ["torch", "onnxruntime"])
+def test_projected_slots_give_the_plain_forward(budget: int, mlp: str):
+    if mlp == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    model, fs = _model()
+    net = TorchNetwork(model, fs.dense_names, {f.source: f.name for f in fs.features}, mlp=mlp, project_bytes=budget)
+    assert net.projected == {0: (), 13 * 16 * 4: ("country",), 1 << 20: ("country", "app", "user")}[budget]
+    ids, dense, lists = _request(40, np.random.default_rng(7), {0: 4, 3: 5})
+    lists[1][:] = lists[1][0]  # tags and price the same for every row too: they can be context
+    dense[:, 2:] = dense[0, 2:]
+    want = reference(model, ids, dense, lists)
+    np.testing.assert_allclose(net(ids, dense, lists), want, rtol=1e-5, atol=1e-6)
+    for ctx in ({"country", "user_age"}, {"installed", "tags", "user_age", "price"}):  # the second leaves only scalar slots
+        half = net.context_half(frozenset(ctx))
+        got = net.with_context(half, None, ids, dense, lists)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_context_half_is_none_when_it_cannot_pay():
@@ -104,7 +130,7 @@ def test_plain_forward_in_other_threads_is_untouched_by_the_capture_hook():
     net = TorchNetwork(model, fs.dense_names, {f.source: f.name for f in fs.features})
     rng = np.random.default_rng(3)
     ids, dense, lists = _request(50, rng, {0: 4})
-    want = net(ids, dense, lists)
+    want = reference(model, ids, dense, lists)
     half = net.context_half(frozenset({"country"}))
     ctx = net.context_term(half, ids, dense, lists)
     with ThreadPoolExecutor(4) as pool:

@@ -61,17 +61,59 @@ def deep_columns(deep: Deep, dense_names: Sequence[str]) -> DeepColumns:
     return DeepColumns(tuple(names), tuple(starts), tuple(ends))
 
 
-class ContextHalf:
-    """The first MLP layer split into context and candidate columns, for one set of context features.
+class Projection:
+    """Single-valued embedding slots folded into the first MLP layer: W_f e_f(id) precomputed for every id of slot f.
 
-    With `rest` (the MLP's modules after the first Linear and ReLU) the candidate half runs in onnxruntime (`OrtMlp`).
+    The first layer's candidate half is then a gather-sum of K rows of width H per candidate instead of a GEMM over the
+    K slots' embedding columns (200 x 416 x 1024 multiply-adds for the paper's 13 candidate features). Slots enter
+    smallest vocabulary first while the table stays within `budget_bytes`; the others stay in the GEMM.
+    """
+
+    def __init__(self, deep: Deep, layout: DeepColumns, first: nn.Linear, budget_bytes: int):
+        w = first.weight.detach()  # (H, D + pad)
+        spans = {n: (a, b) for n, a, b in zip(layout.names, layout.starts, layout.ends)}
+        candidates = sorted((s.cardinality, s.name, key, s, off) for key, s, off in deep.slot_rows if s.source == "id")
+        blocks, at = [], 0
+        self.slots: dict[str, tuple[int, int, int, int]] = {}  # name -> (ids column, row offset here, first, end input col)
+        for card, name, key, slot, off in candidates:
+            if (at + card) * w.shape[0] * 4 > budget_bytes:
+                break
+            rows = torch.cat([torch.zeros(1, dtype=torch.long), off + torch.arange(1, card)])  # id 0 -> the zero row 0
+            a, b = spans[name]
+            blocks.append(deep.tables[key].weight.detach().index_select(0, rows) @ w[:, a:b].t())  # (card, H)
+            self.slots[name] = (slot.index, at, a, b)
+            at += card
+        self.table = torch.cat(blocks) if blocks else torch.zeros(0, w.shape[0])
+
+
+class ContextHalf:
+    """The first MLP layer split into context columns (computed once per request), projected candidate slots (gathered
+    from a `Projection`) and the remaining candidate columns (a GEMM), for one set of context features.
+
+    With `rest` (the MLP's modules after the first Linear and ReLU) the GEMM part and the rest of the MLP run in
+    onnxruntime (`OrtMlp`).
     """
 
     def __init__(
-        self, first: nn.Linear, ctx_cols: np.ndarray, item_cols: np.ndarray, rest: Sequence[nn.Module] | None = None, threads: int = 1
+        self,
+        first: nn.Linear,
+        ctx_cols: np.ndarray,
+        item_cols: np.ndarray,
+        rest: Sequence[nn.Module] | None = None,
+        threads: int = 1,
+        projection: Projection | None = None,
+        item_slots: Sequence[str] = (),
     ):
+        projected = [projection.slots[n] for n in item_slots if projection is not None and n in projection.slots]
+        if projected:
+            gone = np.concatenate([np.arange(a, b) for _, _, a, b in projected])
+            item_cols = np.setdiff1d(item_cols, gone)
+            self.table = projection.table
+        self.proj_cols = torch.tensor([c for c, _, _, _ in projected], dtype=torch.long)
+        self.proj_offsets = torch.tensor([o for _, o, _, _ in projected], dtype=torch.long)
         self.ctx_cols = torch.from_numpy(ctx_cols.astype(np.int64))
         self.item_cols = torch.from_numpy(item_cols.astype(np.int64))
+        self.all_items = len(ctx_cols) == 0 and not projected  # the GEMM takes the whole deep input as it is
         w = first.weight.detach()  # (H, D)
         self.w_ctx = w.index_select(1, self.ctx_cols).t().contiguous()  # (D_u, H)
         self.w_item = w.index_select(1, self.item_cols).t().contiguous()  # (D_i, H)
@@ -86,12 +128,25 @@ class ContextHalf:
         """x0 (1, D) deep input of any row -> W_u u + b (1, H)."""
         return torch.addmm(self.bias, x0.index_select(1, self.ctx_cols), self.w_ctx)
 
-    def first_layer(self, x: torch.Tensor, ctx_term: torch.Tensor) -> torch.Tensor:
-        """x (B, D) -> relu(W_i i + (W_u u + b)) (B, H)."""
-        return torch.relu(torch.addmm(ctx_term, x.index_select(1, self.item_cols), self.w_item))
+    def offset(self, ids: torch.Tensor, ctx_term: torch.Tensor) -> torch.Tensor:
+        """The part of the first layer's pre-activation that needs no GEMM: W_u u + b (1, H), plus the projected candidate
+        slots' rows (B, H) where there are any."""
+        if self.proj_cols.numel() == 0:
+            return ctx_term
+        rows = ids.index_select(1, self.proj_cols) + self.proj_offsets
+        return torch.nn.functional.embedding_bag(rows, self.table, mode="sum") + ctx_term
+
+    def candidate_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The columns of the deep input x (B, D) that go through the GEMM."""
+        return x if self.all_items else x.index_select(1, self.item_cols)
+
+    def first_layer(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """x (B, D) -> relu(W_i i + offset) (B, H)."""
+        return torch.relu(torch.addmm(offset, self.candidate_input(x), self.w_item))
 
 
 MlpRuntime = Literal["torch", "onnxruntime"]
+PROJECT_BYTES = 256 << 20  # default memory for Projection tables
 
 
 class TorchNetwork:
@@ -109,6 +164,7 @@ class TorchNetwork:
         *,
         mlp: MlpRuntime = "torch",
         mlp_threads: int = 1,
+        project_bytes: int = PROJECT_BYTES,
     ):
         if mlp not in ("torch", "onnxruntime"):
             raise ValueError(f"mlp must be 'torch' or 'onnxruntime', got {mlp!r}")
@@ -120,18 +176,26 @@ class TorchNetwork:
         self._capture = threading.local()
         self._ort_rest = None  # the MLP after its first Linear and ReLU, where onnxruntime runs it
         self._ort_threads = int(mlp_threads)
-        self._full: ContextHalf | None = None  # onnxruntime over every column (no context split)
+        self._projection: Projection | None = None
+        self._full: ContextHalf | None = None  # the split layer with no context columns: plain scoring
         if self.deep is not None:
             self.deep.mlp.register_forward_pre_hook(self._mlp_input_hook)
             layers = self.deep.mlp.layers
-            if mlp == "onnxruntime" and _splittable(layers):
-                self._ort_rest = list(layers[2:])
-                first = layers[0]
-                self._full = ContextHalf(first, np.zeros(0, np.int64), np.arange(self.deep.in_dim), self._ort_rest, self._ort_threads)
+            if _splittable(layers):
+                with torch.inference_mode():
+                    self._projection = Projection(self.deep, self.layout, layers[0], project_bytes) if project_bytes > 0 else None
+                if mlp == "onnxruntime":
+                    self._ort_rest = list(layers[2:])
+                self._full = self._split(frozenset())
 
     @property
     def mlp_runtime(self) -> MlpRuntime:
-        return "torch" if self._full is None else "onnxruntime"
+        return "torch" if self._ort_rest is None else "onnxruntime"
+
+    @property
+    def projected(self) -> tuple[str, ...]:
+        """The deep features whose embeddings are folded into the first layer (see `Projection`)."""
+        return tuple(self._projection.slots) if self._projection is not None else ()
 
     @torch.inference_mode()
     def __call__(self, ids: np.ndarray, dense: np.ndarray, lists: Sequence[np.ndarray]) -> np.ndarray:
@@ -139,6 +203,13 @@ class TorchNetwork:
             return self.with_context(self._full, self._full.bias.unsqueeze(0), ids, dense, lists)
         t_ids, t_dense, t_lists = _tensors(ids, dense, lists)
         return self.module.forward_tensors(t_ids, t_dense, *t_lists).float().numpy()
+
+    def _split(self, ctx: frozenset[str]) -> ContextHalf:
+        ctx_cols = self.layout.columns(ctx)
+        item_cols = np.setdiff1d(np.arange(self.deep.in_dim), ctx_cols)
+        items = [n for n in dict.fromkeys(self.layout.names) if n not in ctx]
+        first = self.deep.mlp.layers[0]
+        return ContextHalf(first, ctx_cols, item_cols, self._ort_rest, self._ort_threads, self._projection, items)
 
     def context_half(self, context_columns: frozenset[str]) -> ContextHalf | None:
         """The split first layer for requests whose context holds these input columns (None where it cannot pay)."""
@@ -149,9 +220,8 @@ class TorchNetwork:
             if _splittable(layers):
                 ctx = frozenset(self.feature_of_source[c] for c in context_columns if c in self.feature_of_source)
                 ctx_cols = self.layout.columns(ctx)
-                item_cols = np.setdiff1d(np.arange(self.deep.in_dim), ctx_cols)
-                if len(ctx_cols) and len(item_cols):
-                    half = ContextHalf(layers[0], ctx_cols, item_cols, self._ort_rest, self._ort_threads)
+                if 0 < len(ctx_cols) < self.deep.in_dim:
+                    half = self._split(ctx)
             if len(self._halves) < 64:  # a few context shapes in practice; never grow without bound
                 self._halves[context_columns] = half
         return half
@@ -173,11 +243,11 @@ class TorchNetwork:
         x = self._deep_input(t_ids, t_dense, t_lists)
         if ctx_term is None:
             ctx_term = half.context_term(x[:1])
+        offset = half.offset(t_ids, ctx_term)
         if half.ort is not None:
-            x_item = x if half.ctx_cols.numel() == 0 else x.index_select(1, half.item_cols)
-            logit = torch.from_numpy(half.ort(x_item.numpy(), ctx_term.numpy())) + m.bias
+            logit = torch.from_numpy(half.ort(half.candidate_input(x).numpy(), offset.numpy())) + m.bias
         else:
-            h = half.first_layer(x, ctx_term)
+            h = half.first_layer(x, offset)
             for layer in m.deep.mlp.layers[2:]:  # layers[1] is the ReLU that first_layer applied
                 h = layer(h)
             logit = h.squeeze(-1) + m.bias

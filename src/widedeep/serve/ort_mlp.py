@@ -2,7 +2,8 @@
 
 onnxruntime's CPU GEMMs run this MLP about 1.3x faster than torch's on a 2-core AVX2 machine (200 rows x 1024-512-256:
 3.0 ms against 3.9 ms, 2 threads). The graph takes the candidate half of the deep input `x` (B, D') and the first layer's
-context term `c` (1, H) (W_u u + b, computed once per request; or just b when nothing is split) and returns logits (B, 1):
+offset `c` (1 or B, H) (W_u u + b, computed once per request, plus any projected embedding rows; see network.py) and
+returns logits (B, 1):
 
     relu(x W_i + c) -> [W2, b2, relu] -> ... -> w_out
 
@@ -20,7 +21,7 @@ OPSET = 17
 
 
 def mlp_graph(first_weight: np.ndarray, layers: Sequence[nn.Module]) -> bytes:
-    """A serialized ONNX model: inputs x (B, D') float and c (1, H) float; output logits (B, 1) float.
+    """A serialized ONNX model: inputs x (B, D') float and c (1 or B, H) float; output logits (B, 1) float.
 
     `first_weight` (D', H) is the first layer's weight restricted to the columns in x; `layers` are the MLP's modules after
     the first Linear and its ReLU (Linear, ReLU and Dropout, the last Linear giving one logit).
@@ -59,7 +60,7 @@ def mlp_graph(first_weight: np.ndarray, layers: Sequence[nn.Module]) -> bytes:
         "widedeep_mlp",
         [
             helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", first_weight.shape[0]]),
-            helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, hidden]),
+            helper.make_tensor_value_info("c", TensorProto.FLOAT, ["offset_rows", hidden]),
         ],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1])],
         initializer=inits,
@@ -69,7 +70,7 @@ def mlp_graph(first_weight: np.ndarray, layers: Sequence[nn.Module]) -> bytes:
 
 
 class OrtMlp:
-    """An onnxruntime session over `mlp_graph`: `mlp(x (B, D'), c (1, H)) -> logits (B,)`. Thread-safe."""
+    """An onnxruntime session over `mlp_graph`: `mlp(x (B, D'), c (1 or B, H)) -> logits (B,)`. Thread-safe."""
 
     def __init__(self, first_weight: np.ndarray, layers: Sequence[nn.Module], *, intra_op_threads: int = 2, spin: bool = True):
         import onnxruntime as ort

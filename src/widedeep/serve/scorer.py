@@ -18,7 +18,7 @@ import numpy as np
 
 from widedeep.batch import pad_ragged
 from widedeep.serve.errors import RequestError, locate
-from widedeep.serve.network import Network, TorchNetwork
+from widedeep.serve.network import PROJECT_BYTES, Network, TorchNetwork
 
 if TYPE_CHECKING:
     from widedeep.features.encoded import Encoded
@@ -76,12 +76,14 @@ class Scorer:
         sub_batch: int = 200,
         threads: int = 1,
         context_half: bool = True,
+        project_bytes: int = PROJECT_BYTES,
     ) -> Scorer:
         """Load a model directory, or a registry's current model; checksums are verified and nothing stored is executed.
 
         Backends: `torch` runs the whole network in torch; `onnxruntime` runs the exported `model.onnx` (the whole network;
         no context half); `hybrid` keeps the embedding lookups and the wide part in torch and runs the MLP, context half
-        split out, in onnxruntime on the cores left per sub-batch thread (the fastest on CPU).
+        split out, in onnxruntime on the cores left per sub-batch thread (the fastest on CPU). Up to `project_bytes` of
+        single-valued embeddings are folded into the first MLP layer (network.Projection); 0 turns that off.
         """
         from widedeep.artifact import Model
 
@@ -97,7 +99,9 @@ class Scorer:
         else:
             mlp_threads = max(1, len(os.sched_getaffinity(0)) // threads)
             mlp = "onnxruntime" if backend == "hybrid" else "torch"
-            network = TorchNetwork(model.module, model.features.dense_names, sources, mlp=mlp, mlp_threads=mlp_threads)
+            network = TorchNetwork(
+                model.module, model.features.dense_names, sources, mlp=mlp, mlp_threads=mlp_threads, project_bytes=project_bytes
+            )
         meta = {**model.meta, "backend": backend, "path": str(root)}
         return cls(
             model.features, network, sub_batch=sub_batch, threads=threads, version=model.version, meta=meta, context_half=context_half
