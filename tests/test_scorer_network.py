@@ -108,8 +108,10 @@ def test_projected_slots_give_the_plain_forward(budget: int, mlp: str):
     dense[:, 2:] = dense[0, 2:]
     want = reference(model, ids, dense, lists)
     np.testing.assert_allclose(net(ids, dense, lists), want, rtol=1e-5, atol=1e-6)
-    for ctx in ({"country", "user_age"}, {"installed", "tags", "user_age", "price"}):  # the second leaves only scalar slots
+    # the second leaves price (continuous) beside the scalar slots, the third only scalar slots
+    for ctx in ({"country", "user_age"}, {"installed", "tags", "user_age"}, {"installed", "tags", "user_age", "price"}):
         half = net.context_half(frozenset(ctx))
+        assert (half.dense_cols is not None) == (budget == 1 << 20 and "country" not in ctx)
         got = net.with_context(half, None, ids, dense, lists)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 

@@ -103,6 +103,7 @@ class ContextHalf:
         threads: int = 1,
         projection: Projection | None = None,
         item_slots: Sequence[str] = (),
+        dense: tuple[int, torch.Tensor] | None = None,
     ):
         projected = [projection.slots[n] for n in item_slots if projection is not None and n in projection.slots]
         if projected:
@@ -114,6 +115,13 @@ class ContextHalf:
         self.ctx_cols = torch.from_numpy(ctx_cols.astype(np.int64))
         self.item_cols = torch.from_numpy(item_cols.astype(np.int64))
         self.all_items = len(ctx_cols) == 0 and not projected  # the GEMM takes the whole deep input as it is
+        # Where the GEMM reads only continuous values (the deep input ends with them), it takes them from `dense` and
+        # the candidates' embeddings are never gathered: x[:, dense_at + j] == dense[:, dense_columns[j]].
+        self.dense_cols: torch.Tensor | None = None
+        if dense is not None:  # (where the continuous values start in x, which column of `dense` each one is)
+            dense_at, dense_columns = dense
+            if not len(item_cols) or item_cols.min() >= dense_at:
+                self.dense_cols = dense_columns.index_select(0, torch.from_numpy(item_cols.astype(np.int64) - dense_at))
         w = first.weight.detach()  # (H, D)
         self.w_ctx = w.index_select(1, self.ctx_cols).t().contiguous()  # (D_u, H)
         self.w_item = w.index_select(1, self.item_cols).t().contiguous()  # (D_i, H)
@@ -139,10 +147,6 @@ class ContextHalf:
     def candidate_input(self, x: torch.Tensor) -> torch.Tensor:
         """The columns of the deep input x (B, D) that go through the GEMM."""
         return x if self.all_items else x.index_select(1, self.item_cols)
-
-    def first_layer(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-        """x (B, D) -> relu(W_i i + offset) (B, H)."""
-        return torch.relu(torch.addmm(offset, self.candidate_input(x), self.w_item))
 
 
 MlpRuntime = Literal["torch", "onnxruntime"]
@@ -208,8 +212,9 @@ class TorchNetwork:
         ctx_cols = self.layout.columns(ctx)
         item_cols = np.setdiff1d(np.arange(self.deep.in_dim), ctx_cols)
         items = [n for n in dict.fromkeys(self.layout.names) if n not in ctx]
-        first = self.deep.mlp.layers[0]
-        return ContextHalf(first, ctx_cols, item_cols, self._ort_rest, self._ort_threads, self._projection, items)
+        first, deep = self.deep.mlp.layers[0], self.deep
+        dense = (deep.in_dim - deep.n_dense, deep.dense_columns)
+        return ContextHalf(first, ctx_cols, item_cols, self._ort_rest, self._ort_threads, self._projection, items, dense)
 
     def context_half(self, context_columns: frozenset[str]) -> ContextHalf | None:
         """The split first layer for requests whose context holds these input columns (None where it cannot pay)."""
@@ -240,14 +245,20 @@ class TorchNetwork:
         from the first row when None: one deep-input pass for a request scored in one piece)."""
         t_ids, t_dense, t_lists = _tensors(ids, dense, lists)
         m = self.module
-        x = self._deep_input(t_ids, t_dense, t_lists)
-        if ctx_term is None:
-            ctx_term = half.context_term(x[:1])
+        if half.dense_cols is not None:  # no candidate embeddings to gather: one row's deep input for the context term
+            x_item = t_dense.index_select(1, half.dense_cols)
+            if ctx_term is None:
+                ctx_term = half.context_term(self._deep_input(t_ids[:1], t_dense[:1], [t[:1] for t in t_lists]))
+        else:
+            x = self._deep_input(t_ids, t_dense, t_lists)
+            x_item = half.candidate_input(x)
+            if ctx_term is None:
+                ctx_term = half.context_term(x[:1])
         offset = half.offset(t_ids, ctx_term)
         if half.ort is not None:
-            logit = torch.from_numpy(half.ort(half.candidate_input(x).numpy(), offset.numpy())) + m.bias
+            logit = torch.from_numpy(half.ort(x_item.numpy(), offset.numpy())) + m.bias
         else:
-            h = half.first_layer(x, offset)
+            h = torch.relu(torch.addmm(offset, x_item, half.w_item))
             for layer in m.deep.mlp.layers[2:]:  # layers[1] is the ReLU that first_layer applied
                 h = layer(h)
             logit = h.squeeze(-1) + m.bias
