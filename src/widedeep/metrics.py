@@ -45,22 +45,22 @@ def start_worker() -> bool:
             return True
         if "sklearn.metrics" in sys.modules or os.name != "posix":
             return False
-        import subprocess
+        _worker = spawn_worker()
+        return _worker is not None
 
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        try:
-            _worker = subprocess.Popen(
-                [sys.executable, "-m", "widedeep.metrics"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                env=env,
-            )
-        except OSError:
-            _worker = None
-            return False
-        atexit.register(stop_worker)
-        return True
+
+def spawn_worker() -> Any:
+    """A new worker process (`subprocess.Popen`), or None when it cannot be started; stopped at exit."""
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "widedeep.metrics"]
+    try:
+        w = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    except OSError:
+        return None
+    atexit.register(_close, w)
+    return w
 
 
 def stop_worker() -> None:
@@ -78,7 +78,7 @@ def _close(w: Any) -> None:
     for f in (w.stdin, w.stdout):
         try:
             f.close()
-        except OSError:
+        except OSError:  # a write still buffered for a worker that has died
             pass
     try:
         w.wait(timeout=5)
