@@ -11,8 +11,10 @@ import torch.nn.functional as F
 
 from widedeep.batch import Batch
 from widedeep.config import CrossSpec, FeatureSpec, ModelConfig, TrainConfig
-from widedeep.model import WideDeep
+from widedeep.model import OffsetTable, WideDeep
+from widedeep.model.tables import unique_rows
 from widedeep.optim import build_optimizers, step, zero_grad
+from widedeep.optim.sparse_grad import coalesce
 
 
 @dataclass
@@ -293,3 +295,28 @@ def test_mlp_input_padding_is_exact_and_stays_zero() -> None:
     torch.testing.assert_close(padded(x), plain(x))
     padded(x).sum().backward()
     assert torch.equal(padded.layers[0].weight.grad[:, 10:], torch.zeros(16, 6))
+
+
+@pytest.mark.parametrize("n,high", [(1, 3), (200, 7), (5000, 1 << 40), (3000, 2_000_000)])
+def test_unique_rows_is_torch_unique(n: int, high: int) -> None:
+    idx = torch.randint(0, high, (n,), generator=torch.Generator().manual_seed(n))
+    rows, inverse = unique_rows(idx)
+    want_rows, want_inverse = torch.unique(idx, sorted=True, return_inverse=True)
+    assert torch.equal(rows, want_rows) and torch.equal(inverse, want_inverse)
+
+
+def test_table_gradient_is_the_coalesced_embedding_gradient_without_padding() -> None:
+    torch.manual_seed(0)
+    table = OffsetTable([10, 20, 5], dim=4)
+    rows = torch.tensor([[0, 3, 12, 3], [5, 0, 12, 29], [3, 3, 0, 0]])
+    up = torch.randn(3, 4, 4)
+    (table(rows) * up).sum().backward()
+    ours = coalesce(table.weight.grad)
+    table.weight.grad = None
+    (F.embedding(rows, table.weight, padding_idx=0, sparse=True) * up).sum().backward()
+    ref = table.weight.grad.coalesce()
+    assert ours.is_coalesced() and ours.indices().tolist() == [[3, 5, 12, 29]]
+    assert torch.equal(ours.indices(), ref.indices())
+    torch.testing.assert_close(ours.values(), ref.values(), rtol=0, atol=1e-6)
+    with torch.no_grad():
+        assert torch.equal(table(rows), F.embedding(rows, table.weight))

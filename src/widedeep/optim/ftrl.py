@@ -7,10 +7,11 @@ from typing import Any
 
 import torch
 
-from widedeep.optim.sparse_grad import coalesce
+from widedeep.optim.base import Optimizer
+from widedeep.optim.sparse_grad import sparse_rows
 
 
-class FTRL(torch.optim.Optimizer):
+class FTRL(Optimizer):
     """FTRL-Proximal with exact per-coordinate updates; the parameter holds w, the state holds `z` and `n`.
 
     For each touched coordinate with gradient g:
@@ -64,9 +65,8 @@ class FTRL(torch.optim.Optimizer):
                 z, n = self._state(p, group)
                 grad = p.grad
                 if grad.is_sparse:
-                    grad = coalesce(grad)
-                    rows = grad.indices()[0]  # unique, sorted
-                    g = grad.values().to(p.dtype)  # (R, *p.shape[1:])
+                    rows, g = sparse_rows(grad)  # rows unique and sorted; g (R, *p.shape[1:])
+                    g = g.to(p.dtype)
                     w_new, z_new, n_new = self._update(p.index_select(0, rows), z.index_select(0, rows), n.index_select(0, rows), g, *hp)
                     p.index_copy_(0, rows, w_new)
                     z.index_copy_(0, rows, z_new)

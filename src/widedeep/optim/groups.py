@@ -10,9 +10,10 @@ from torch import nn
 
 from widedeep.config import OptimizerConfig, TrainConfig
 from widedeep.model.tables import OffsetTable
+from widedeep.optim.adagrad import Adagrad
 from widedeep.optim.ftrl import FTRL
 from widedeep.optim.lazy_adam import LazyAdam
-from widedeep.optim.sparse_grad import SGD, Adagrad
+from widedeep.optim.sgd import SGD
 
 # Defaults for a batch-mean logistic loss; any key set in the config overrides them. The per-coordinate gradient of an id
 # seen once in a batch of B rows is ~(p - y)/B, so FTRL's n, z and the terms compared with them shrink by 1/B against
@@ -67,7 +68,7 @@ def make_optimizer(cfg: OptimizerConfig, named: NamedParams, sparse: set[int] = 
         return FTRL(params, **hp)
     if cfg.name == "adam":
         return LazyAdam(params, **hp)
-    # torch's AdaGrad and SGD take sparse gradients only without weight decay (and SGD without momentum):
+    # AdaGrad and SGD (as torch's) take sparse gradients only without weight decay (and SGD without momentum):
     # embedding rows get the plain update, dense parameters the configured one.
     dense_p = [p for p in params if id(p) not in sparse]
     sparse_p = [p for p in params if id(p) in sparse]

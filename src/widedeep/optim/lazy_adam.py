@@ -7,10 +7,11 @@ from typing import Any
 
 import torch
 
-from widedeep.optim.sparse_grad import coalesce
+from widedeep.optim.base import Optimizer
+from widedeep.optim.sparse_grad import sparse_rows
 
 
-class LazyAdam(torch.optim.Optimizer):
+class LazyAdam(Optimizer):
     """Adam (Kingma & Ba) with L2 `weight_decay` on dense gradients; rows absent from a sparse gradient keep their moments.
 
     One optimizer for a part that mixes sparse embedding tables and dense MLP weights, which torch.optim.Adam (dense only)
@@ -45,8 +46,7 @@ class LazyAdam(torch.optim.Optimizer):
                 step_size = lr * (1 - b2**t) ** 0.5 / (1 - b1**t)
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 if p.grad.is_sparse:
-                    grad = coalesce(p.grad)
-                    rows, g = grad.indices()[0], grad.values()
+                    rows, g = sparse_rows(p.grad)
                     m_rows = m.index_select(0, rows).lerp_(g, 1 - b1)
                     v_rows = v.index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
                     m.index_copy_(0, rows, m_rows)

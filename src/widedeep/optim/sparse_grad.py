@@ -1,4 +1,4 @@
-"""Fast coalescing of sparse row gradients, and torch optimizers that use it (the CPU coalesce is a hot spot of a step)."""
+"""Fast coalescing of sparse row gradients (torch's CPU coalesce is a hot spot of a step), and the rows/values view of one."""
 
 from __future__ import annotations
 
@@ -6,17 +6,23 @@ from collections.abc import Iterable
 
 import torch
 
+from widedeep.model.tables import unique_rows
+
 
 def coalesce(grad: torch.Tensor) -> torch.Tensor:
     """A sparse COO gradient with unique, sorted rows and summed values; same result as `grad.coalesce()`, faster on CPU.
 
-    torch's CPU coalesce sorts and reduces in a generic kernel; `unique` + `index_add_` over the (nnz, dim) values is
-    several times cheaper for embedding gradients, where nnz is B x slots and dim is small.
+    torch's CPU coalesce sorts and reduces in a generic kernel; `unique_rows` + `index_add_` over the (nnz, dim) values is
+    several times cheaper for embedding gradients, where nnz is B x slots and dim is small. Values are summed in their
+    order of appearance.
     """
     if grad.is_coalesced() or grad.sparse_dim() != 1:
         return grad.coalesce()
     idx, values = grad._indices()[0], grad._values()
-    rows, inverse = torch.unique(idx, sorted=True, return_inverse=True)
+    if idx.numel() < 2 or bool((idx[1:] > idx[:-1]).all()):
+        # Already unique and sorted, only not flagged (autograd drops the flag of OffsetTable's coalesced gradients).
+        return torch.sparse_coo_tensor(grad._indices(), values, grad.shape, is_coalesced=True, check_invariants=False)
+    rows, inverse = unique_rows(idx)
     summed = values.new_zeros((rows.numel(), *values.shape[1:])).index_add_(0, inverse, values)
     return torch.sparse_coo_tensor(rows[None, :], summed, grad.shape, is_coalesced=True, check_invariants=False)
 
@@ -28,17 +34,7 @@ def coalesce_grads(params: Iterable[torch.Tensor]) -> None:
             p.grad = coalesce(p.grad)
 
 
-class Adagrad(torch.optim.Adagrad):
-    """torch's AdaGrad, with sparse gradients coalesced by the fast path before its own (then no-op) coalesce."""
-
-    def step(self, closure=None):  # type: ignore[override]
-        coalesce_grads(p for g in self.param_groups for p in g["params"])
-        return super().step(closure)
-
-
-class SGD(torch.optim.SGD):
-    """torch's SGD, with sparse gradients coalesced by the fast path first."""
-
-    def step(self, closure=None):  # type: ignore[override]
-        coalesce_grads(p for g in self.param_groups for p in g["params"])
-        return super().step(closure)
+def sparse_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, values) of a sparse row gradient, coalesced: rows unique and sorted, values (R, *dims) summed."""
+    grad = coalesce(grad)
+    return grad._indices()[0], grad._values()

@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from widedeep.features.encoded import Encoded
 from widedeep.model.tables import OffsetTable
+from widedeep.optim.sparse_grad import coalesce
 
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -224,14 +225,14 @@ def sync_sparse_grads(model: nn.Module, d: Dist) -> None:
             idx = torch.zeros(0, dtype=torch.int64, device=p.device)
             val = torch.zeros((0, *p.shape[1:]), dtype=p.dtype, device=p.device)
         else:
-            g = p.grad.coalesce()
+            g = coalesce(p.grad)
             idx, val = g.indices()[0], g.values()
         # One gather per table: each row travels as its 8 index bytes followed by its value bytes.
         rows = torch.cat([idx.contiguous().view(torch.uint8).view(-1, 8), _byte_rows(val)], 1)  # (nnz, 8 + D * itemsize)
         got = torch.cat(_all_gather_rows(rows, d))  # (nnz_total, 8 + D * itemsize)
         all_idx = got[:, :8].contiguous().view(torch.int64).view(-1)  # (nnz_total,)
         all_val = got[:, 8:].contiguous().view(p.dtype).view(got.shape[0], *p.shape[1:])  # (nnz_total, D)
-        p.grad = torch.sparse_coo_tensor(all_idx[None, :], all_val / d.world, p.shape).coalesce()
+        p.grad = coalesce(torch.sparse_coo_tensor(all_idx[None, :], all_val / d.world, p.shape, check_invariants=False))
 
 
 def _byte_rows(x: torch.Tensor) -> torch.Tensor:
