@@ -23,7 +23,7 @@ from widedeep.batch import Batch
 from widedeep.config import FeatureSpec, ModelConfig, TrainConfig
 from widedeep.model import WideDeep
 from widedeep.model.deep import MLP
-from widedeep.optim import build_optimizers, step, zero_grad
+from widedeep.optim import Adagrad, build_optimizers, step, zero_grad
 
 
 @dataclass
@@ -122,7 +122,7 @@ def main() -> None:
     # The bounds: the same MLP and AdaGrad on a prebuilt input; no embeddings, no wide part, no FTRL. The second one also
     # computes the gradient of the input, which training embeddings needs (one more GEMM of the first layer's size).
     mlp = MLP(model.deep.in_dim, hidden)
-    mlp_opt = torch.optim.Adagrad(mlp.parameters(), lr=0.05)
+    mlp_opt = Adagrad(mlp.parameters(), lr=0.05)
     x = torch.rand(args.batch, model.deep.in_dim)
     x_grad = x.clone().requires_grad_(True)
 
