@@ -109,3 +109,16 @@ def test_errors_in_the_worker_surface_as_sklearn_errors_here(worker) -> None:
         metrics.binary_metrics(np.array([0.0, 1.0, 2.0]), np.array([0.1, 0.2, 0.3]))
     with pytest.raises(ValueError, match="differ in length: 3 vs 2"):
         metrics.binary_metrics(np.array([0.0, 1.0, 1.0]), np.array([0.1, 0.2]))
+
+
+def test_a_forked_child_does_not_share_the_parents_worker(worker) -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report whether it would talk to the parent's worker, then leave at once
+        os.write(write, b"none" if metrics._worker is None else b"kept")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 4) == b"none"
+    assert metrics._worker is worker  # the parent keeps it
+    os.close(read)
+    os.close(write)

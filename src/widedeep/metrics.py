@@ -16,6 +16,7 @@ import os
 import struct
 import sys
 import threading
+from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -26,6 +27,15 @@ _HEADER = struct.Struct("<Q")  # rows in the request; then labels and prediction
 
 _worker: Any = None  # the subprocess.Popen of the running worker, if any
 _lock = threading.Lock()
+
+
+def _forget_worker() -> None:
+    global _worker, _lock
+    _worker, _lock = None, threading.Lock()  # a forked child must not talk over its parent's pipe
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_worker)
 
 
 def sklearn_figures(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
@@ -53,8 +63,10 @@ def spawn_worker() -> Any:
     """A new worker process (`subprocess.Popen`), or None when it cannot be started; stopped at exit."""
     import subprocess
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "widedeep.metrics"]
+    # -P and PYTHONPATH: the child imports this very package, never a `widedeep` folder in the working directory.
+    path = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-P", "-m", "widedeep.metrics"]
     try:
         w = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     except OSError:
