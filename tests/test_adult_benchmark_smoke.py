@@ -17,6 +17,6 @@ def test_adult_benchmark_smoke() -> None:
     assert r.returncode == 0, r.stderr
     assert re.search(
         r"adult \(smoke, 1 runs, seeds 0\): wall min [\d.]+ s, median [\d.]+ s = [\d.]+ x the 5 s target \| "
-        r"python -c 'import torch' [\d.]+ s \([\d.]+x\) \| test AUC 0\.\d{4} \| load [\d.]+ -> [\d.]+$",
+        r"import torch [\d.]+ s \([\d.]+x\) \| test AUC 0\.\d{4} \| load [\d.]+ -> [\d.]+$",
         r.stdout.strip(),
     ), r.stdout
