@@ -70,11 +70,14 @@ def test_a_candidate_field_overrides_the_same_context_field(scorer: Scorer, mode
     np.testing.assert_allclose(ranked.score, p[ranked.index], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["torch", "hybrid"])
 @pytest.mark.parametrize("sub_batch,threads", [(100, 2), (50, 4), (33, 3), (1, 2)])
-def test_parallel_sub_batches_equal_the_unsplit_batch(tiny_model: Path, sub_batch: int, threads: int):
+def test_parallel_sub_batches_equal_the_unsplit_batch(tiny_model: Path, sub_batch: int, threads: int, backend: str):
+    if backend == "hybrid":
+        pytest.importorskip("onnxruntime")
     cands = candidates(200, seed=3)
-    whole = Scorer.load(tiny_model, sub_batch=200, threads=1).recommend(CONTEXT, cands, k=200)
-    s = Scorer.load(tiny_model, sub_batch=sub_batch, threads=threads)
+    whole = Scorer.load(tiny_model, sub_batch=200, threads=1, backend=backend).recommend(CONTEXT, cands, k=200)
+    s = Scorer.load(tiny_model, sub_batch=sub_batch, threads=threads, backend=backend)
     try:
         split = s.recommend(CONTEXT, cands, k=200)
         np.testing.assert_array_equal(split.index, whole.index)

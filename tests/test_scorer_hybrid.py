@@ -58,19 +58,6 @@ def test_hybrid_scorer_ranks_like_torch(tiny_model: Path):
         hybrid.close()
 
 
-@pytest.mark.parametrize("sub_batch,threads", [(100, 2), (50, 4)])
-def test_hybrid_sub_batches_equal_the_unsplit_batch(tiny_model: Path, sub_batch: int, threads: int):
-    cands = candidates(200, seed=6)
-    whole = Scorer.load(tiny_model, backend="hybrid").recommend(CONTEXT, cands, k=200)
-    s = Scorer.load(tiny_model, backend="hybrid", sub_batch=sub_batch, threads=threads)
-    try:
-        split = s.recommend(CONTEXT, cands, k=200)
-        np.testing.assert_array_equal(split.index, whole.index)
-        np.testing.assert_allclose(split.score, whole.score, rtol=1e-6, atol=1e-7)
-    finally:
-        s.close()
-
-
 def test_defaults_pick_the_hybrid_backend_where_onnxruntime_is_installed():
     assert default_backend() == "hybrid"
     assert default_split("hybrid") == (200, 1) and default_split("torch") == (100, 2)
