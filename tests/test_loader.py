@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from widedeep.features.encoded import Encoded
+from widedeep.train import data
 from widedeep.train.data import ShardLoader
 
 
@@ -96,6 +97,15 @@ def test_memory_mapped_shards(tmp_path) -> None:
     b = rows_of(ShardLoader([enc], 8, seed=2), 0)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
+
+
+def test_each_shard_is_released_when_the_epoch_leaves_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    released = []
+    monkeypatch.setattr(data, "release_pages", lambda enc: released.append(next(i for i, s in enumerate(SHARDS) if s is enc)))
+    loader = ShardLoader(SHARDS, 16, seed=3, prefetch=0)
+    order = list(dict.fromkeys(s.shard for s in loader.plan(0)))
+    list(loader.epoch(0))
+    assert released == order  # after its last batch, the last shard included: resident pages stay about one shard
 
 
 def test_errors_are_clear_and_propagate_from_the_prefetch_thread() -> None:

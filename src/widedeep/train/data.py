@@ -102,6 +102,8 @@ class ShardLoader:
             if cached is None or cached[0] != s.shard:
                 cached = (s.shard, self._perm(epoch, s.shard))
             yield s.shard, np.sort(cached[1][s.start : s.stop])
+        if last is not None:
+            release_pages(self.shards[last])  # the epoch (or the evaluation pass) is over
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Batches of `epoch` from batch index `start` on; a background thread gathers the next `prefetch` batches."""
