@@ -63,3 +63,22 @@ def test_defaults_pick_the_hybrid_backend_where_onnxruntime_is_installed():
     assert default_split("hybrid") == (200, 1) and default_split("torch") == (100, 2)
     with pytest.raises(ValueError, match="backend must be one of"):
         Scorer.load("unused", backend="tensorrt")
+
+
+def test_int8_weights_score_within_a_thousandth(tiny_model: Path):
+    cands = candidates(200, seed=8)
+    exact = Scorer.load(tiny_model, backend="torch", sub_batch=200, threads=1)
+    int8 = Scorer.load(tiny_model, backend="hybrid", int8=True)
+    try:
+        assert int8.meta["int8"] is True
+        a, b = exact.recommend(CONTEXT, cands, k=200), int8.recommend(CONTEXT, cands, k=200)
+        pa, pb = np.empty(200), np.empty(200)
+        pa[a.index], pb[b.index] = a.score, b.score
+        err = np.abs(pa - pb).max()
+        assert 0 < err < 2e-3  # really quantized, and close
+        assert len(set(a.index[:10].tolist()) & set(b.index[:10].tolist())) >= 8
+    finally:
+        exact.close()
+        int8.close()
+    with pytest.raises(ValueError, match="int8 needs the hybrid backend"):
+        Scorer.load(tiny_model, backend="torch", int8=True)

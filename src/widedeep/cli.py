@@ -21,6 +21,7 @@ BACKEND_HELP = (
     "torch: the whole network in torch; onnxruntime: the exported model.onnx; hybrid: embeddings in torch, the MLP with "
     "its context half split out in onnxruntime (fastest). Default: hybrid where onnxruntime is installed, else torch"
 )
+INT8_HELP = "hybrid backend: int8 MLP weights (faster; probabilities within about 1e-3 of fp32; check with widedeep validate)"
 
 
 def _world() -> int:
@@ -157,6 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         intra_op=args.intra_op,
         project_mb=args.project_mb,
+        int8=args.int8,
         max_body_bytes=args.max_body_bytes,
         max_candidates=args.max_candidates,
         poll_s=args.poll,
@@ -178,6 +180,7 @@ def _bench_serve(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         context_columns=context,
         backend=args.backend,
+        int8=args.int8,
         http=not args.no_http,
         log=lambda msg: print(msg, file=sys.stderr),
     )
@@ -233,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None, help="sub-batches scored in parallel (default: 1 hybrid, else 2)")
     s.add_argument("--intra-op", type=int, default=1, help="torch threads inside one forward pass")
     s.add_argument("--project-mb", type=int, default=256, help="memory for embeddings folded into the first MLP layer (0: off)")
+    s.add_argument("--int8", action="store_true", help=INT8_HELP)
     s.add_argument("--max-candidates", type=int, default=1000, help="larger requests get 422")
     s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger bodies get 413")
     s.add_argument("--poll", type=float, default=0.5, help="seconds between checks of a registry's CURRENT")
@@ -248,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=float, default=5.0, help="length of the throughput run")
     s.add_argument("--context", default=None, help="comma-separated input columns sent as the context (default: first half)")
     s.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP)
+    s.add_argument("--int8", action="store_true", help=INT8_HELP)
     s.add_argument("--no-http", action="store_true", help="in-process figures only")
     s.set_defaults(func=_bench_serve)
 

@@ -169,8 +169,9 @@ def free_port() -> int:
 class ServerProcess:
     """`widedeep serve MODEL` in a subprocess (so the client never shares the server's interpreter), ready when /healthz is."""
 
-    def __init__(self, model: Path | str, sub_batch: int, threads: int, backend: str = "torch", wait: bool = True):
+    def __init__(self, model: Path | str, sub_batch: int, threads: int, backend: str = "torch", wait: bool = True, int8: bool = False):
         self.args = [str(model), "--sub-batch", str(sub_batch), "--threads", str(threads), "--backend", backend]
+        self.args += ["--int8"] if int8 else []
         self._start()
         if wait:
             self.wait()
@@ -302,6 +303,7 @@ def bench_serve(
     seconds: float = 5.0,
     context_columns: Sequence[str] | None = None,
     backend: str | None = None,
+    int8: bool = False,
     http: bool = True,
     http_splits: Sequence[tuple[int, int]] | None = None,
     log: Callable[[str], None] = print,
@@ -309,17 +311,17 @@ def bench_serve(
     """Run the whole table for one model directory (or registry); returns the figures (`.markdown()` for the table)."""
     configure_torch_threads(1)
     backend = backend or default_backend()
-    base = Scorer.load(model, backend=backend, sub_batch=candidates, threads=1)
+    base = Scorer.load(model, backend=backend, sub_batch=candidates, threads=1, int8=int8)
     context, cands = synthetic_request(base, candidates, context_columns)
     body = orjson.dumps({"context": context, "candidates": cands, "k": 10})
     load_before = os.getloadavg()[0]
     forward = time_forward(base, context, cands, requests, warmup)
     transform = time_calls(lambda: base.features.transform_request(context, cands), requests, warmup)
     result = BenchResult(str(model), candidates, forward, transform, request_bytes=len(body), cores=len(os.sched_getaffinity(0)),
-                         backend=backend)  # fmt: skip
+                         backend=backend + (" int8" if int8 else ""))  # fmt: skip
     log(f"bare forward: {forward.cell()}; transform: {transform.cell()}")
     for sub_batch, threads in splits:
-        s = Scorer.load(model, backend=backend, sub_batch=sub_batch, threads=threads)
+        s = Scorer.load(model, backend=backend, sub_batch=sub_batch, threads=threads, int8=int8)
         try:
             result.in_process[(sub_batch, threads)] = time_calls(lambda: s.recommend(context, cands, 10), requests, warmup)
         finally:
@@ -327,7 +329,7 @@ def bench_serve(
         log(f"in-process {sub_batch} x {threads}: {result.in_process[(sub_batch, threads)].cell()}")
     if http:
         todo = list(splits if http_splits is None else http_splits)
-        servers = [ServerProcess(model, sb, th, backend, wait=False) for sb, th in todo]  # start together, then time each alone
+        servers = [ServerProcess(model, sb, th, backend, wait=False, int8=int8) for sb, th in todo]  # start together, then time each alone
         try:
             for (sub_batch, threads), srv in zip(todo, servers):
                 srv.wait()

@@ -98,7 +98,7 @@ def export_network(module: torch.nn.Module, layout: FeatureLayout, out: Path | s
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         tmp = tmp_dir / out.name
-        with warnings.catch_warnings(), _quiet("torch.onnx"):
+        with warnings.catch_warnings(), quiet_logger("torch.onnx"):
             warnings.simplefilter("ignore")  # the exporter warns about its own internals (tree specs, axis renames)
             program = torch.onnx.export(
                 net,
@@ -153,7 +153,7 @@ def _parity(module: torch.nn.Module, layout: FeatureLayout, onnx_path: Path) -> 
 
 
 @contextmanager
-def _quiet(logger: str) -> Iterator[None]:
+def quiet_logger(logger: str) -> Iterator[None]:
     """Raise a logger to ERROR for the block (the exporter logs which optional operator libraries are not installed)."""
     log = logging.getLogger(logger)
     level = log.level

@@ -13,6 +13,7 @@ It is built in memory from the safetensors weights that Model.load already verif
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from torch import nn
@@ -69,10 +70,32 @@ def mlp_graph(first_weight: np.ndarray, layers: Sequence[nn.Module]) -> bytes:
     return model.SerializeToString()
 
 
-class OrtMlp:
-    """An onnxruntime session over `mlp_graph`: `mlp(x (B, D'), c (1 or B, H)) -> logits (B,)`. Thread-safe."""
+def quantized(graph: bytes) -> bytes:
+    """`graph` with int8 weights and dynamically quantized activations (onnxruntime's `quantize_dynamic`, per output
+    channel): about 1.6x faster MatMuls on AVX2, at a logit error of about 1e-3."""
+    import tempfile
 
-    def __init__(self, first_weight: np.ndarray, layers: Sequence[nn.Module], *, intra_op_threads: int = 2, spin: bool = True):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from widedeep.serve.onnx import quiet_logger
+
+    with tempfile.TemporaryDirectory(prefix="widedeep-int8-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(graph)
+        with quiet_logger("root"):  # the quantizer logs a pre-processing hint on the root logger
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True)
+        return dst.read_bytes()
+
+
+class OrtMlp:
+    """An onnxruntime session over `mlp_graph`: `mlp(x (B, D'), c (1 or B, H)) -> logits (B,)`. Thread-safe.
+
+    `int8` runs the MatMuls on int8 weights (see `quantized`); scores then differ from fp32 by about 1e-3.
+    """
+
+    def __init__(
+        self, first_weight: np.ndarray, layers: Sequence[nn.Module], *, intra_op_threads: int = 2, spin: bool = True, int8: bool = False
+    ):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -82,8 +105,10 @@ class OrtMlp:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        self.session = ort.InferenceSession(mlp_graph(first_weight, layers), sess_options=opts, providers=["CPUExecutionProvider"])
+        graph = mlp_graph(first_weight, layers)
+        self.session = ort.InferenceSession(quantized(graph) if int8 else graph, sess_options=opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: np.ndarray, c: np.ndarray) -> np.ndarray:
         (logits,) = self.session.run(["logits"], {"x": np.ascontiguousarray(x, dtype=np.float32), "c": c})
         return logits.reshape(-1)
+
