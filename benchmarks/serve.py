@@ -6,6 +6,7 @@ latency), then runs `widedeep bench-serve` on it. A request is one user context 
 (C14..C26, I7..I13). Target on 2 cores: p50 <= 5 ms, p99 <= 10 ms over HTTP at 200 candidates.
 
     python benchmarks/serve.py                 # the full table (about a minute)
+    python benchmarks/serve.py --int8          # the same with int8 MLP weights
     python benchmarks/serve.py --smoke         # seconds; checks the script still runs
 """
 
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="where to build the model (default: a temporary folder)")
     p.add_argument("--rows", type=int, default=50_000, help="rows the vocabularies and quantiles are fitted on")
     p.add_argument("--requests", type=int, default=300)
+    p.add_argument("--backend", default=None, help="hybrid (default where onnxruntime is installed), torch or onnxruntime")
+    p.add_argument("--int8", action="store_true", help="hybrid backend with int8 MLP weights")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
     args = p.parse_args(argv)
 
@@ -55,10 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.smoke:
             model = paper_model(root / "model", rows=300, hidden=(16,))
             result = bench_serve(model, candidates=20, splits=((20, 1), (10, 2)), http_splits=((10, 2),), requests=6,
-                                 warmup=1, clients=2, seconds=0.3, context_columns=CONTEXT, log=_err)  # fmt: skip
+                                 warmup=1, clients=2, seconds=0.3, context_columns=CONTEXT, backend=args.backend,
+                                 int8=args.int8, log=_err)  # fmt: skip
         else:
             model = paper_model(root / "model", rows=args.rows)
-            result = bench_serve(model, requests=args.requests, context_columns=CONTEXT, log=_err)
+            result = bench_serve(model, requests=args.requests, context_columns=CONTEXT, backend=args.backend, int8=args.int8, log=_err)
         print(result.markdown())
         if not args.smoke:
             best = min(result.http.values(), key=lambda lat: lat.p50)

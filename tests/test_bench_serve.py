@@ -37,10 +37,12 @@ def test_in_process_table(tiny_model: Path):
     assert "| 12 x 1 | - |" in table and "| 6 x 2 | - |" in table and "Bare network forward" in table
 
 
-def test_benchmark_script_smoke():
+@pytest.mark.parametrize("flags", [[], ["--int8"]])
+def test_benchmark_script_smoke(flags: list[str]):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--smoke"], capture_output=True, text=True,
-                         timeout=300, env=env, cwd=ROOT)  # fmt: skip
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--smoke", *flags], capture_output=True,
+                         text=True, timeout=300, env=env, cwd=ROOT)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
+    assert ("hybrid int8 backend" in out.stdout) == bool(flags)
     assert "| sub-batch x threads | paper (client-side) | in-process | in-process CPU | over HTTP (client-side) |" in out.stdout
     assert "| 10 x 2 | - |" in out.stdout and "requests/s" in out.stdout
