@@ -122,3 +122,12 @@ def test_a_forked_child_does_not_share_the_parents_worker(worker) -> None:
     assert metrics._worker is worker  # the parent keeps it
     os.close(read)
     os.close(write)
+
+
+def test_no_worker_with_one_cpu_or_with_sklearn_already_here(monkeypatch) -> None:
+    monkeypatch.setattr(metrics, "_worker", None)
+    monkeypatch.setitem(sys.modules, "sklearn.metrics", sys.modules.get("sklearn.metrics", object()))
+    assert metrics.start_worker() is False and metrics._worker is None  # scikit-learn is here: nothing to overlap
+    monkeypatch.delitem(sys.modules, "sklearn.metrics")
+    monkeypatch.setattr(metrics, "_cpus", lambda: 1)
+    assert metrics.start_worker() is False and metrics._worker is None  # one CPU: the child would only take turns

@@ -48,15 +48,20 @@ def sklearn_figures(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
 
 def start_worker() -> bool:
     """Start the metrics worker, which imports scikit-learn in a child process from now on (no-op when one runs, when
-    scikit-learn is already imported here, or off POSIX). Returns whether a worker is running."""
+    scikit-learn is already imported here, off POSIX, or with a single CPU to run on, where the child could only take
+    turns with this process). Returns whether a worker is running."""
     global _worker
     with _lock:
         if _worker is not None and _worker.poll() is None:
             return True
-        if "sklearn.metrics" in sys.modules or os.name != "posix":
+        if "sklearn.metrics" in sys.modules or os.name != "posix" or _cpus() < 2:
             return False
         _worker = spawn_worker()
         return _worker is not None
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def spawn_worker() -> Any:
