@@ -112,6 +112,12 @@ def test_projected_slots_give_the_plain_forward(budget: int, mlp: str):
     for ctx in ({"country", "user_age"}, {"installed", "tags", "user_age"}, {"installed", "tags", "user_age", "price"}):
         half = net.context_half(frozenset(ctx))
         assert (half.dense_cols is not None) == (budget == 1 << 20 and "country" not in ctx)
+        with torch.inference_mode():
+            direct = half.context_term_direct(torch.from_numpy(ids[:1]), torch.from_numpy(dense[:1]))
+            assert (direct is not None) == (budget > 0 and "installed" not in ctx)  # projected slots, continuous values only
+            if direct is not None:
+                x0 = net._deep_input(*(torch.from_numpy(a[:1]) for a in (ids, dense)), [torch.from_numpy(t[:1]) for t in lists])
+                np.testing.assert_allclose(direct.numpy(), half.context_term(x0).numpy(), rtol=1e-5, atol=1e-6)
         got = net.with_context(half, None, ids, dense, lists)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 

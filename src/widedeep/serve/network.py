@@ -86,6 +86,31 @@ class Projection:
         self.table = torch.cat(blocks) if blocks else torch.zeros(0, w.shape[0])
 
 
+@dataclass(frozen=True)
+class _Part:
+    """Deep-input columns of one side (context or candidates) split into projected slots and the remaining columns."""
+
+    proj_cols: torch.Tensor  # (K,) columns of `ids` whose slot is projected
+    proj_offsets: torch.Tensor  # (K,) their row offsets in the projection table
+    cols: np.ndarray  # the remaining deep-input columns, multiplied by the first layer's weights
+    dense_cols: torch.Tensor | None  # where `cols` are all continuous values: their columns in `dense`
+
+    @classmethod
+    def of(
+        cls, cols: np.ndarray, slots: Sequence[str], projection: Projection | None, dense: tuple[int, torch.Tensor] | None
+    ) -> _Part:
+        projected = [projection.slots[n] for n in slots if projection is not None and n in projection.slots]
+        if projected:
+            cols = np.setdiff1d(cols, np.concatenate([np.arange(a, b) for _, _, a, b in projected]))
+        dense_cols = None
+        if dense is not None:  # (where the continuous values start in x, which column of `dense` each one is):
+            dense_at, dense_columns = dense  # x[:, dense_at + j] == dense[:, dense_columns[j]]
+            if not len(cols) or cols.min() >= dense_at:
+                dense_cols = dense_columns.index_select(0, torch.from_numpy(cols.astype(np.int64) - dense_at))
+        proj_cols = torch.tensor([c for c, _, _, _ in projected], dtype=torch.long)
+        return cls(proj_cols, torch.tensor([o for _, o, _, _ in projected], dtype=torch.long), cols, dense_cols)
+
+
 class ContextHalf:
     """The first MLP layer split into context columns (computed once per request), projected candidate slots (gathered
     from a `Projection`) and the remaining candidate columns (a GEMM), for one set of context features.
@@ -105,26 +130,19 @@ class ContextHalf:
         item_slots: Sequence[str] = (),
         dense: tuple[int, torch.Tensor] | None = None,
         int8: bool = False,
+        ctx_slots: Sequence[str] = (),
     ):
-        projected = [projection.slots[n] for n in item_slots if projection is not None and n in projection.slots]
-        if projected:
-            gone = np.concatenate([np.arange(a, b) for _, _, a, b in projected])
-            item_cols = np.setdiff1d(item_cols, gone)
-            self.table = projection.table
-        self.proj_cols = torch.tensor([c for c, _, _, _ in projected], dtype=torch.long)
-        self.proj_offsets = torch.tensor([o for _, o, _, _ in projected], dtype=torch.long)
+        self.table = projection.table if projection is not None else None
+        item = _Part.of(item_cols, item_slots, projection, dense)
+        ctx = _Part.of(ctx_cols, ctx_slots, projection, dense)
+        self.proj_cols, self.proj_offsets, self.dense_cols = item.proj_cols, item.proj_offsets, item.dense_cols
+        self.ctx_part = ctx
         self.ctx_cols = torch.from_numpy(ctx_cols.astype(np.int64))
-        self.item_cols = torch.from_numpy(item_cols.astype(np.int64))
-        self.all_items = len(ctx_cols) == 0 and not projected  # the GEMM takes the whole deep input as it is
-        # Where the GEMM reads only continuous values (the deep input ends with them), it takes them from `dense` and
-        # the candidates' embeddings are never gathered: x[:, dense_at + j] == dense[:, dense_columns[j]].
-        self.dense_cols: torch.Tensor | None = None
-        if dense is not None:  # (where the continuous values start in x, which column of `dense` each one is)
-            dense_at, dense_columns = dense
-            if not len(item_cols) or item_cols.min() >= dense_at:
-                self.dense_cols = dense_columns.index_select(0, torch.from_numpy(item_cols.astype(np.int64) - dense_at))
+        self.item_cols = torch.from_numpy(item.cols.astype(np.int64))
+        self.all_items = len(ctx_cols) == 0 and item.proj_cols.numel() == 0  # the GEMM takes the whole deep input as it is
         w = first.weight.detach()  # (H, D)
         self.w_ctx = w.index_select(1, self.ctx_cols).t().contiguous()  # (D_u, H)
+        self.w_ctx_rest = w.index_select(1, torch.from_numpy(ctx.cols.astype(np.int64))).t().contiguous()
         self.w_item = w.index_select(1, self.item_cols).t().contiguous()  # (D_i, H)
         self.bias = first.bias.detach()
         self.ort = None
@@ -136,6 +154,19 @@ class ContextHalf:
     def context_term(self, x0: torch.Tensor) -> torch.Tensor:
         """x0 (1, D) deep input of any row -> W_u u + b (1, H)."""
         return torch.addmm(self.bias, x0.index_select(1, self.ctx_cols), self.w_ctx)
+
+    def context_term_direct(self, ids0: torch.Tensor, dense0: torch.Tensor) -> torch.Tensor | None:
+        """W_u u + b (1, H) from the first row's ids and continuous values, without the deep input: projected context
+        slots are gathered, continuous ones multiplied. None where other context columns (lists, slots over the
+        projection budget) need the deep input."""
+        part = self.ctx_part
+        if part.dense_cols is None:
+            return None
+        out = torch.addmm(self.bias, dense0.index_select(1, part.dense_cols), self.w_ctx_rest)
+        if part.proj_cols.numel():
+            rows = ids0.index_select(1, part.proj_cols) + part.proj_offsets
+            out = out + torch.nn.functional.embedding_bag(rows, self.table, mode="sum")
+        return out
 
     def offset(self, ids: torch.Tensor, ctx_term: torch.Tensor) -> torch.Tensor:
         """The part of the first layer's pre-activation that needs no GEMM: W_u u + b (1, H), plus the projected candidate
@@ -217,10 +248,13 @@ class TorchNetwork:
     def _split(self, ctx: frozenset[str]) -> ContextHalf:
         ctx_cols = self.layout.columns(ctx)
         item_cols = np.setdiff1d(np.arange(self.deep.in_dim), ctx_cols)
-        items = [n for n in dict.fromkeys(self.layout.names) if n not in ctx]
+        names = list(dict.fromkeys(self.layout.names))
+        items, ctx_slots = [n for n in names if n not in ctx], [n for n in names if n in ctx]
         first, deep = self.deep.mlp.layers[0], self.deep
         dense = (deep.in_dim - deep.n_dense, deep.dense_columns)
-        return ContextHalf(first, ctx_cols, item_cols, self._ort_rest, self._ort_threads, self._projection, items, dense, self._int8)
+        return ContextHalf(
+            first, ctx_cols, item_cols, self._ort_rest, self._ort_threads, self._projection, items, dense, self._int8, ctx_slots
+        )
 
     def context_half(self, context_columns: frozenset[str]) -> ContextHalf | None:
         """The split first layer for requests whose context holds these input columns (None where it cannot pay)."""
@@ -241,7 +275,8 @@ class TorchNetwork:
     def context_term(self, half: ContextHalf, ids: np.ndarray, dense: np.ndarray, lists: Sequence[np.ndarray]) -> torch.Tensor:
         """W_u u + b (1, H) from the first row of a request (every row shares the context)."""
         t_ids, t_dense, t_lists = _tensors(ids[:1], dense[:1], [x[:1] for x in lists])
-        return half.context_term(self._deep_input(t_ids, t_dense, t_lists))
+        direct = half.context_term_direct(t_ids, t_dense)
+        return direct if direct is not None else half.context_term(self._deep_input(t_ids, t_dense, t_lists))
 
     @torch.inference_mode()
     def with_context(
@@ -254,12 +289,13 @@ class TorchNetwork:
         if half.dense_cols is not None:  # no candidate embeddings to gather: one row's deep input for the context term
             x_item = t_dense.index_select(1, half.dense_cols)
             if ctx_term is None:
-                ctx_term = half.context_term(self._deep_input(t_ids[:1], t_dense[:1], [t[:1] for t in t_lists]))
+                ctx_term = self.context_term(half, ids, dense, lists)
         else:
             x = self._deep_input(t_ids, t_dense, t_lists)
             x_item = half.candidate_input(x)
             if ctx_term is None:
-                ctx_term = half.context_term(x[:1])
+                ctx_term = half.context_term_direct(t_ids[:1], t_dense[:1])
+                ctx_term = half.context_term(x[:1]) if ctx_term is None else ctx_term
         offset = half.offset(t_ids, ctx_term)
         if half.ort is not None:
             logit = torch.from_numpy(half.ort(x_item.numpy(), offset.numpy())) + m.bias
