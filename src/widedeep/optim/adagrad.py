@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -34,29 +34,19 @@ class Adagrad(Optimizer):
                 state["step"] = torch.tensor(0.0)
                 state["sum"] = torch.full_like(p, group["initial_accumulator_value"], memory_format=torch.preserve_format)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                state["step"] += 1
-                total = state["sum"]
-                if p.grad.is_sparse:
-                    if wd != 0:
-                        raise RuntimeError("Adagrad: weight_decay cannot be used with sparse gradients")
-                    rows, g = sparse_rows(p.grad)  # (R,), (R, *p.shape[1:])
-                    sums = total.index_select(0, rows).add_(g.pow(2))
-                    total.index_copy_(0, rows, sums)
-                    p.index_add_(0, rows, g / sums.sqrt_().add_(eps), alpha=-lr)
-                else:
-                    g = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
-                    total.addcmul_(g, g, value=1)
-                    p.addcdiv_(g, total.sqrt().add_(eps), value=-lr)
-        return loss
+    def update_param(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        state = self.state[p]
+        state["step"] += 1
+        total = state["sum"]
+        if p.grad.is_sparse:
+            if wd != 0:
+                raise RuntimeError("Adagrad: weight_decay cannot be used with sparse gradients")
+            rows, g = sparse_rows(p.grad)  # (R,), (R, *p.shape[1:])
+            sums = total.index_select(0, rows).add_(g.pow(2))
+            total.index_copy_(0, rows, sums)
+            p.index_add_(0, rows, g / sums.sqrt_().add_(eps), alpha=-lr)
+        else:
+            g = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
+            total.addcmul_(g, g, value=1)
+            p.addcdiv_(g, total.sqrt().add_(eps), value=-lr)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -51,29 +51,19 @@ class FTRL(Optimizer):
         w_new = torch.where(z_new.abs() <= l1, torch.zeros_like(w_new), w_new)
         return w_new, z_new, n_new
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            hp = (group["alpha"], group["beta"], group["l1"], group["l2"])
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                z, n = self._state(p, group)
-                grad = p.grad
-                if grad.is_sparse:
-                    rows, g = sparse_rows(grad)  # rows unique and sorted; g (R, *p.shape[1:])
-                    g = g.to(p.dtype)
-                    w_new, z_new, n_new = self._update(p.index_select(0, rows), z.index_select(0, rows), n.index_select(0, rows), g, *hp)
-                    p.index_copy_(0, rows, w_new)
-                    z.index_copy_(0, rows, z_new)
-                    n.index_copy_(0, rows, n_new)
-                else:
-                    w_new, z_new, n_new = self._update(p, z, n, grad.to(p.dtype), *hp)
-                    p.copy_(w_new)
-                    z.copy_(z_new)
-                    n.copy_(n_new)
-        return loss
+    def update_param(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        hp = (group["alpha"], group["beta"], group["l1"], group["l2"])
+        z, n = self._state(p, group)
+        grad = p.grad
+        if grad.is_sparse:
+            rows, g = sparse_rows(grad)  # rows unique and sorted; g (R, *p.shape[1:])
+            g = g.to(p.dtype)
+            w_new, z_new, n_new = self._update(p.index_select(0, rows), z.index_select(0, rows), n.index_select(0, rows), g, *hp)
+            p.index_copy_(0, rows, w_new)
+            z.index_copy_(0, rows, z_new)
+            n.index_copy_(0, rows, n_new)
+        else:
+            w_new, z_new, n_new = self._update(p, z, n, grad.to(p.dtype), *hp)
+            p.copy_(w_new)
+            z.copy_(z_new)
+            n.copy_(n_new)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -25,36 +25,26 @@ class LazyAdam(Optimizer):
             raise ValueError(f"LazyAdam: invalid hyper-parameters lr={lr} beta1={beta1} beta2={beta2} eps={eps} weight_decay={weight_decay}")
         super().__init__(params, dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, b1, b2, eps, wd = group["lr"], group["beta1"], group["beta2"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float64)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = float(state["step"])
-                step_size = lr * (1 - b2**t) ** 0.5 / (1 - b1**t)
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                if p.grad.is_sparse:
-                    rows, g = sparse_rows(p.grad)
-                    m_rows = m.index_select(0, rows).lerp_(g, 1 - b1)
-                    v_rows = v.index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
-                    m.index_copy_(0, rows, m_rows)
-                    v.index_copy_(0, rows, v_rows)
-                    p.index_add_(0, rows, m_rows / (v_rows.sqrt() + eps), alpha=-step_size)
-                else:
-                    g = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
-                    m.lerp_(g, 1 - b1)
-                    v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                    p.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
-        return loss
+    def update_param(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        lr, b1, b2, eps, wd = group["lr"], group["beta1"], group["beta2"], group["eps"], group["weight_decay"]
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float64)
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        t = float(state["step"])
+        step_size = lr * (1 - b2**t) ** 0.5 / (1 - b1**t)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        if p.grad.is_sparse:
+            rows, g = sparse_rows(p.grad)
+            m_rows = m.index_select(0, rows).lerp_(g, 1 - b1)
+            v_rows = v.index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
+            m.index_copy_(0, rows, m_rows)
+            v.index_copy_(0, rows, v_rows)
+            p.index_add_(0, rows, m_rows / (v_rows.sqrt() + eps), alpha=-step_size)
+        else:
+            g = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)

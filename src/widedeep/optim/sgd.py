@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -25,31 +25,21 @@ class SGD(Optimizer):
                 raise ValueError(f"SGD {key} must be >= 0, got {value}")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    if wd != 0 or momentum != 0:
-                        raise RuntimeError("SGD: momentum and weight_decay cannot be used with sparse gradients")
-                    rows, g = sparse_rows(p.grad)
-                    p.index_add_(0, rows, g, alpha=-lr)
-                    continue
-                g = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
-                if momentum != 0:
-                    state = self.state[p]
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = g.detach().clone()
-                    else:
-                        buf.mul_(momentum).add_(g)
-                    g = buf
-                p.add_(g, alpha=-lr)
-        return loss
+    def update_param(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+        if p.grad.is_sparse:
+            if wd != 0 or momentum != 0:
+                raise RuntimeError("SGD: momentum and weight_decay cannot be used with sparse gradients")
+            rows, g = sparse_rows(p.grad)
+            p.index_add_(0, rows, g, alpha=-lr)
+            return
+        g = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
+        if momentum != 0:
+            state = self.state[p]
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = g.detach().clone()
+            else:
+                buf.mul_(momentum).add_(g)
+            g = buf
+        p.add_(g, alpha=-lr)
