@@ -21,7 +21,7 @@ BACKEND_HELP = (
     "torch: the whole network in torch; onnxruntime: the exported model.onnx; hybrid: embeddings in torch, the MLP with "
     "its context half split out in onnxruntime (fastest). Default: hybrid where onnxruntime is installed, else torch"
 )
-INT8_HELP = "hybrid backend: int8 MLP weights (faster; probabilities within about 1e-3 of fp32; check with widedeep validate)"
+INT8_HELP = "hybrid backend: int8 MLP weights (faster; probabilities within about 1e-3 of fp32)"
 
 
 def _world() -> int:
