@@ -24,21 +24,11 @@ import torch
 
 from widedeep.config import ModelConfig
 from widedeep.model import WideDeep
+from widedeep.serve.bench import time_calls
 from widedeep.serve.onnx import OnnxNetwork, example_tensors, export_network
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_step import SyntheticLayout  # noqa: E402  (the same synthetic paper layout as the training-step benchmark)
-
-
-def median_ms(fn, reps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
 
 
 def main() -> None:
@@ -79,8 +69,8 @@ def main() -> None:
                     return net(*arrays)
 
                 dp = np.abs(1 / (1 + np.exp(-run_onnx().astype(np.float64))) - 1 / (1 + np.exp(-run_torch().astype(np.float64))))
-                t_torch = median_ms(run_torch, args.reps, max(2, args.reps // 10))
-                t_onnx = median_ms(run_onnx, args.reps, max(2, args.reps // 10))
+                t_torch = time_calls(run_torch, args.reps, max(2, args.reps // 10)).p50
+                t_onnx = time_calls(run_onnx, args.reps, max(2, args.reps // 10)).p50
                 rows.append(
                     {
                         "batch": batch,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve import CONTEXT, paper_model  # noqa: E402
 
 from widedeep.features import transform as transform_mod  # noqa: E402
-from widedeep.serve.bench import synthetic_request  # noqa: E402
+from widedeep.serve.bench import synthetic_request, time_calls  # noqa: E402
 from widedeep.serve.scorer import Scorer  # noqa: E402
-
-
-def _p50(fn, requests: int) -> float:
-    for _ in range(max(2, requests // 10)):
-        fn()
-    t = []
-    for _ in range(requests):
-        t0 = time.perf_counter()
-        fn()
-        t.append(time.perf_counter() - t0)
-    return float(np.median(t) * 1e3)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         model = paper_model(Path(tmp) / "model", rows=rows, hidden=(16,))
         fs = Scorer.load(model).features
         ctx, cands = synthetic_request(Scorer.load(model), n, CONTEXT)
-        small = _p50(lambda: fs.transform_request(ctx, cands), requests)
+        small = time_calls(lambda: fs.transform_request(ctx, cands), requests, max(2, requests // 10)).p50
         saved, transform_mod.SMALL_BATCH = transform_mod.SMALL_BATCH, -1
         try:
-            arrow = _p50(lambda: fs.transform_request(ctx, cands), requests)
+            arrow = time_calls(lambda: fs.transform_request(ctx, cands), requests, max(2, requests // 10)).p50
             reference = fs.transform_request(ctx, cands)
         finally:
             transform_mod.SMALL_BATCH = saved

@@ -259,7 +259,10 @@ def serve(
     split = default_split(backend)
     sub_batch, threads = sub_batch or split[0], threads or split[1]
     configure_torch_threads(intra_op)
-    live = LiveScorer(source, lambda p: Scorer.load(p, backend=backend, sub_batch=sub_batch, threads=threads, project_bytes=project_mb << 20, int8=int8), poll_s=poll_s)
+    def load(path: Path) -> Scorer:
+        return Scorer.load(path, backend=backend, sub_batch=sub_batch, threads=threads, project_bytes=project_mb << 20, int8=int8)
+
+    live = LiveScorer(source, load, poll_s=poll_s)
     app = create_app(live, max_body_bytes=max_body_bytes, max_candidates=max_candidates)
     log.info("serving %s (model %s, backend %s) on http://%s:%d", source, live.scorer.version, backend, host, port)
     # Everything loaded so far (torch, the model, the app) lives for the whole run: move it out of the garbage collector's

@@ -110,6 +110,11 @@ class _Part:
         proj_cols = torch.tensor([c for c, _, _, _ in projected], dtype=torch.long)
         return cls(proj_cols, torch.tensor([o for _, o, _, _ in projected], dtype=torch.long), cols, dense_cols)
 
+    def gathered(self, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """The projected slots' share of the first layer (B, H): their rows of `table`, summed per row of `ids`."""
+        rows = ids.index_select(1, self.proj_cols) + self.proj_offsets
+        return torch.nn.functional.embedding_bag(rows, table, mode="sum")
+
 
 class ContextHalf:
     """The first MLP layer split into context columns (computed once per request), projected candidate slots (gathered
@@ -135,8 +140,8 @@ class ContextHalf:
         self.table = projection.table if projection is not None else None
         item = _Part.of(item_cols, item_slots, projection, dense)
         ctx = _Part.of(ctx_cols, ctx_slots, projection, dense)
-        self.proj_cols, self.proj_offsets, self.dense_cols = item.proj_cols, item.proj_offsets, item.dense_cols
-        self.ctx_part = ctx
+        self.item_part, self.ctx_part = item, ctx
+        self.proj_cols, self.dense_cols = item.proj_cols, item.dense_cols
         self.ctx_cols = torch.from_numpy(ctx_cols.astype(np.int64))
         self.item_cols = torch.from_numpy(item.cols.astype(np.int64))
         self.all_items = len(ctx_cols) == 0 and item.proj_cols.numel() == 0  # the GEMM takes the whole deep input as it is
@@ -163,18 +168,12 @@ class ContextHalf:
         if part.dense_cols is None:
             return None
         out = torch.addmm(self.bias, dense0.index_select(1, part.dense_cols), self.w_ctx_rest)
-        if part.proj_cols.numel():
-            rows = ids0.index_select(1, part.proj_cols) + part.proj_offsets
-            out = out + torch.nn.functional.embedding_bag(rows, self.table, mode="sum")
-        return out
+        return out + part.gathered(ids0, self.table) if part.proj_cols.numel() else out
 
     def offset(self, ids: torch.Tensor, ctx_term: torch.Tensor) -> torch.Tensor:
         """The part of the first layer's pre-activation that needs no GEMM: W_u u + b (1, H), plus the projected candidate
         slots' rows (B, H) where there are any."""
-        if self.proj_cols.numel() == 0:
-            return ctx_term
-        rows = ids.index_select(1, self.proj_cols) + self.proj_offsets
-        return torch.nn.functional.embedding_bag(rows, self.table, mode="sum") + ctx_term
+        return self.item_part.gathered(ids, self.table) + ctx_term if self.proj_cols.numel() else ctx_term
 
     def candidate_input(self, x: torch.Tensor) -> torch.Tensor:
         """The columns of the deep input x (B, D) that go through the GEMM."""
@@ -253,8 +252,9 @@ class TorchNetwork:
         first, deep = self.deep.mlp.layers[0], self.deep
         dense = (deep.in_dim - deep.n_dense, deep.dense_columns)
         return ContextHalf(
-            first, ctx_cols, item_cols, self._ort_rest, self._ort_threads, self._projection, items, dense, self._int8, ctx_slots
-        )
+            first, ctx_cols, item_cols, rest=self._ort_rest, threads=self._ort_threads, projection=self._projection,
+            item_slots=items, dense=dense, int8=self._int8, ctx_slots=ctx_slots,
+        )  # fmt: skip
 
     def context_half(self, context_columns: frozenset[str]) -> ContextHalf | None:
         """The split first layer for requests whose context holds these input columns (None where it cannot pay)."""

@@ -94,7 +94,7 @@ class OrtMlp:
     """
 
     def __init__(
-        self, first_weight: np.ndarray, layers: Sequence[nn.Module], *, intra_op_threads: int = 2, spin: bool = False, int8: bool = False
+        self, first_weight: np.ndarray, layers: Sequence[nn.Module], *, intra_op_threads: int = 2, int8: bool = False
     ):
         import onnxruntime as ort
 
@@ -104,9 +104,9 @@ class OrtMlp:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        # No spinning by default: idle workers that spin burn the second core (in-process CPU 12 ms per 6 ms request)
-        # and measured no faster per request, while they slow the HTTP server, the client and any neighbour.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        # No spinning: idle workers that spin burn the second core (in-process CPU 12 ms per 6 ms request) and measured
+        # no faster per request, while they slow the HTTP server, the client and any neighbour.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         graph = mlp_graph(first_weight, layers)
         self.session = ort.InferenceSession(quantized(graph) if int8 else graph, sess_options=opts, providers=["CPUExecutionProvider"])
 

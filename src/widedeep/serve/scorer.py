@@ -12,7 +12,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence, get_args
 
 import numpy as np
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from widedeep.features.transform import FeatureSet
 
 Backend = Literal["torch", "onnxruntime", "hybrid"]
-BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "hybrid")
+BACKENDS: tuple[str, ...] = get_args(Backend)
 
 
 @dataclass(frozen=True)
