@@ -22,6 +22,7 @@ import torch
 
 import widedeep
 from widedeep.atomic import fsync_path as _fsync
+from widedeep.atomic import ordinary_permissions
 from widedeep.atomic import write_text_synced as _write_text
 from widedeep.batch import Batch
 from widedeep.config import Config, from_dict, to_dict
@@ -81,6 +82,7 @@ def save_model(
             "files": {name: _file_record(tmp / name) for name in files},
         }
         _write_text(tmp / META_FILE, json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n")
+        ordinary_permissions(tmp)
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -296,6 +298,7 @@ class Model:
             writer.close()
             writer = None
             _fsync(tmp)
+            ordinary_permissions(tmp)
             os.replace(tmp, out)
         except BaseException:
             if writer is not None:

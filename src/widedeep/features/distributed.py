@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from datasketches import kll_doubles_sketch
 
+from widedeep.atomic import ordinary_permissions
 from widedeep.config import Config
 from widedeep.features.io import iter_batches
 from widedeep.features.prepare import SPLITS, _inputs, _read_types, _swap, check_inputs, fingerprint, fit, is_fresh, prepare
@@ -210,7 +211,7 @@ def prepare_distributed(cfg: Config, force: bool = False, verbose: bool = True) 
             return ""
         out.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        work.chmod(0o755)
+        ordinary_permissions(work)
         merged.save(work / "features.json")
         return str(work)
 

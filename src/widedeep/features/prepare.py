@@ -21,6 +21,7 @@ from typing import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
+from widedeep.atomic import ordinary_permissions
 from widedeep.config import Config
 from widedeep.features import columns as C
 from widedeep.features.columns import FeatureError
@@ -199,7 +200,7 @@ def prepare(cfg: Config, force: bool = False, verbose: bool = True, cache_bytes:
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        work.chmod(0o755)
+        ordinary_permissions(work)
         threads = min(4, os.cpu_count() or 1) if sum(rows.values()) >= SERIAL_ROWS else 0
         with ThreadPoolExecutor(threads) if threads else nullcontext() as pool:
             cached = _fit_caching(fs, inputs["train"], pool, cache_bytes)

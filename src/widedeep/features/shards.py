@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from widedeep.atomic import ordinary_permissions
 from widedeep.features.encoded import Encoded
 
 
@@ -31,7 +32,7 @@ def write_shard(path: str | Path, enc: Encoded) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        tmp.chmod(0o755)
+        ordinary_permissions(tmp)
         np.save(tmp / "ids.npy", np.ascontiguousarray(enc.ids, dtype=np.int32))
         np.save(tmp / "dense.npy", np.ascontiguousarray(enc.dense, dtype=np.float32))
         if enc.label is not None:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
+from widedeep.atomic import ordinary_permissions
 from widedeep.config import Config, CrossSpec, FeatureSpec
 from widedeep.features import columns as C
 from widedeep.features.columns import FeatureError
@@ -439,7 +440,7 @@ class FeatureSet:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
-            os.chmod(tmp, 0o644)
+            ordinary_permissions(Path(tmp))
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from widedeep.artifact import WEIGHTS_FILE, read_meta
 from widedeep.atomic import fsync_path as _fsync
+from widedeep.atomic import ordinary_permissions
 from widedeep.serve.validate import AUC_TOLERANCE, LOGLOSS_TOLERANCE, ValidationReport, validate
 
 __all__ = ["Registry", "RegistryError", "ValidationReport", "is_registry", "validate"]
@@ -128,6 +129,7 @@ class Registry:
                 if f.is_file():
                     _fsync(f)
             read_meta(tmp)  # the copy is what will be served: verify it, not only the source
+            ordinary_permissions(tmp)
             os.rename(tmp, target)  # fails rather than merges if `target` appeared meanwhile
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -193,6 +195,7 @@ class Registry:
                 f.write(body)
                 f.flush()
                 os.fsync(f.fileno())
+            ordinary_permissions(Path(tmp))
             os.replace(tmp, self.root / CURRENT)  # readers see the old pointer or the new one, never a partial file
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

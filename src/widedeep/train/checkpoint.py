@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from widedeep.atomic import ordinary_permissions
 from widedeep.atomic import write_text_synced as _fsync_write
 
 FORMAT = 1
@@ -172,6 +173,7 @@ def save_checkpoint(
         sums[name] = _sha256(tmp / name)
     meta = {"format": FORMAT, "fingerprint": fingerprint, "state": asdict(state), "sha256": sums}
     _fsync_write(tmp / "state.json", json.dumps(meta, indent=2, allow_nan=True))
+    ordinary_permissions(tmp)
     if final.exists():  # a re-run that reached the same step: replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
