@@ -1,4 +1,7 @@
-"""Durable, all-or-nothing file writes shared by every stage: write to a temporary name, fsync, then rename.
+"""The one place that publishes files and folders: write under a temporary name, fsync, then rename into place.
+
+Readers see the old file (or folder) or the new one, never a part of either. Every temporary name has the form
+``.<name>.tmp-<host>-<pid>-<random>``, so `remove_stale` can tell a dead process's leftovers from the work of a live one.
 
 What is renamed into place gets the permissions a plain `open` or `mkdir` would have given it (`ordinary_permissions`):
 `tempfile.mkstemp`/`mkdtemp` and safetensors create their files private (0600/0700), which the temporary name needs but
@@ -7,8 +10,29 @@ a published model, prediction file or registry pointer does not.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import secrets
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # temp names on a shared file system stay apart
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def temp_path(target: Path, kind: str = "tmp") -> Path:
+    """A fresh name beside `target` for its temporary (or, with kind "old", its replaced) version."""
+    return target.with_name(f".{target.name}.{kind}-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of a file's bytes."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _umask() -> int:
@@ -47,17 +71,103 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(path: Path) -> None:
+    for root, _, files in os.walk(path):
+        for f in files:
+            fsync_path(Path(root) / f)
+        fsync_path(Path(root))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def publish_file(target: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside `target` to write; when the block ends without error it is synced and renamed
+    over `target`. On error the temporary file is removed and `target` is left as it was."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(target)
+    try:
+        yield tmp
+        fsync_path(tmp)
+        ordinary_permissions(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(target.parent)
+
+
+@contextmanager
+def publish_dir(target: Path | str, *, replace: bool = True) -> Iterator[Path]:
+    """Yield a new, empty temporary folder beside `target`; when the block ends without error everything in it is
+    synced and the folder takes `target`'s name. An existing `target` is moved aside first and removed only after the
+    swap (`replace`), or the publish fails with FileExistsError (`replace=False`). On error nothing is left behind."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(target)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        ordinary_permissions(tmp)
+        if not replace:
+            if target.exists():
+                raise FileExistsError(f"{target}: already exists")
+            os.rename(tmp, target)  # fails rather than merges if `target` appeared meanwhile
+        elif not target.exists():
+            os.replace(tmp, target)
+        else:
+            old = temp_path(target, "old")
+            os.replace(target, old)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)
+                raise
+            _remove(old)
+    except BaseException:
+        _remove(tmp)
+        raise
+    fsync_path(target.parent)
+
+
+def write_text_atomic(path: Path | str, text: str) -> None:
+    """Replace `path` with UTF-8 `text` atomically."""
+    with publish_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def write_text_synced(path: Path, text: str) -> None:
-    """Write UTF-8 text and fsync it before returning (for files inside a folder that is renamed into place)."""
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    """Write UTF-8 text in place (for files inside a folder that `publish_dir` will sync and rename)."""
+    Path(path).write_text(text, encoding="utf-8")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically: readers see the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write_text_synced(tmp, text)
-    os.replace(tmp, path)
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale(folder: Path | str) -> list[Path]:
+    """Remove the temporary files and folders that dead processes of this host left in `folder` (a crash between
+    creating and renaming them); those of live processes, and of other hosts, are kept. Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        m = _TEMP.match(entry.name)
+        if m and m["host"] == _HOST and not _alive(int(m["pid"])):
+            _remove(entry)
+            removed.append(entry)
+    return removed

@@ -9,12 +9,6 @@ import sys
 from pathlib import Path
 
 from widedeep.config import ConfigError, load
-from widedeep.metrics import start_worker
-
-# Commands whose process, run as `widedeep ...`, ends with os._exit once its output is flushed: their files are all
-# written, closed and synced by then, and the interpreter's own teardown with torch and scikit-learn loaded (module and
-# C++ static destructors) takes 0.7-1.5 s that a finished command does not need.
-FAST_EXIT = frozenset({"prepare", "train", "evaluate", "predict", "compare", "demo"})
 
 BACKENDS = ("torch", "onnxruntime", "hybrid")  # widedeep.serve.scorer.BACKENDS, without importing torch at start-up
 BACKEND_HELP = (
@@ -53,8 +47,6 @@ def _train(args: argparse.Namespace) -> int:
         argv += ["--warm-start", str(args.warm_start)] if args.warm_start else []
         return launch_local(args.nproc, argv)
     cfg = load(args.config)
-    if cfg.data.eval and _world() == 1:
-        start_worker()  # scikit-learn loads in a child process while torch loads and trains here
     from widedeep.train.distributed import teardown
     from widedeep.train.loop import train
 
@@ -64,7 +56,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    start_worker()
     from widedeep.artifact import Model
 
     print(json.dumps(Model.load(args.model).evaluate(args.data), indent=2))
@@ -81,8 +72,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     cfg = load(args.config)
-    if cfg.data.eval and _world() == 1:
-        start_worker()
     from widedeep.train.compare import compare
 
     compare(cfg, device=args.device)
@@ -90,7 +79,6 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    start_worker()
     from widedeep.demo import demo
 
     demo(out=args.out, rows=args.rows, device=args.device)
@@ -113,7 +101,6 @@ def _tolerances(s: argparse.ArgumentParser) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    start_worker()
     from widedeep.serve.validate import validate
 
     tolerances = {"auc_tolerance": args.auc_tolerance, "logloss_tolerance": args.logloss_tolerance}
@@ -123,7 +110,6 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    start_worker()
     from widedeep.serve.registry import Registry
 
     registry = Registry(args.registry, create=True)
@@ -280,31 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; `argv` None (the `widedeep` command itself) reads sys.argv and, for FAST_EXIT commands in a plain
-    (non-torchrun) process, ends the process with os._exit after flushing instead of returning."""
+    """Run one command (`argv` None reads sys.argv); returns the exit status. Configuration and data errors print one line."""
     args = build_parser().parse_args(argv)
     try:
-        rc = args.func(args)
+        return args.func(args)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"widedeep {args.command}: error: {e}", file=sys.stderr)
-        rc = 2
-    if argv is None and args.command in FAST_EXIT and _world() == 1:
-        _exit_now(rc)
-    return rc
-
-
-def _exit_now(rc: int) -> None:
-    """End the process with `rc` without the interpreter's teardown: flush stdio and logging first."""
-    if "logging" in sys.modules:
-        import logging
-
-        logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # closed or broken pipe: nothing more to deliver
-            pass
-    os._exit(rc)
+        return 2
 
 
 if __name__ == "__main__":
