@@ -8,7 +8,9 @@ The target is a peak below 1 GiB for every stage and the largest run within 10% 
     python benchmarks/out_of_core.py --rows 1000000 3000000
     python benchmarks/out_of_core.py --stages prepare      # only `prepare`
     python benchmarks/out_of_core.py --light-model         # a tiny model: the epoch measures data streaming, fast on CPU
-    python benchmarks/out_of_core.py --smoke               # 20k rows, small model: checks that the benchmark runs
+    python benchmarks/out_of_core.py --smoke               # 20k rows, small model, in runs/out_of_core_smoke (run by the tests)
+
+Every path given to a stage's process is absolute: each process runs in its own folder (`--out`/rows-N).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _machine import print_machine
 
 BOUND_MB = 1024.0
 SPREAD = 0.10
@@ -122,17 +126,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--eval-rows", type=int, default=50_000)
-    ap.add_argument("--out", type=Path, default=Path("runs/out_of_core"))
+    ap.add_argument("--out", type=Path, default=None, help="default: runs/out_of_core (runs/out_of_core_smoke with --smoke)")
     ap.add_argument("--stages", nargs="+", choices=("prepare", "train"), default=["prepare", "train"])
     ap.add_argument("--light-model", action="store_true", help="train a tiny deep model (same data streamed), for slow machines")
     ap.add_argument("--smoke", action="store_true", help="20k rows: a quick check that the benchmark runs")
     args = ap.parse_args(argv)
     if args.smoke:
         args.rows, args.eval_rows = [20_000], 2_000
+    # Absolute: each stage's process runs with its run folder as cwd, where a path relative to ours would not resolve.
+    out = (args.out or Path("runs/out_of_core_smoke" if args.smoke else "runs/out_of_core")).resolve()
+    print_machine()
     py = sys.executable
     results: list[dict] = []
     for n in args.rows:
-        root = args.out / f"rows-{n}"
+        root = out / f"rows-{n}"
         cfg = make_run(root, n, args.eval_rows, args.smoke, args.light_model)
         r: dict = {"rows": n}
         if "prepare" in args.stages:
@@ -155,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         ok &= within
         print(f"{stage[:-3]:>7}: peak RSS max {max(peaks):.1f} MB (bound {BOUND_MB:.0f}), largest/smallest = "
               f"{1 + spread:.3f} (bound {1 + SPREAD:.2f}) -> {'OK' if within else 'OVER'}")  # fmt: skip
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"results: {out / 'results.json'}")
     return 0 if ok or args.smoke else 1
 
 
