@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from widedeep.config import ModelConfig, OptimizerConfig, TrainConfig
 from widedeep.model import WideDeep
-from widedeep.optim import FTRL, Adagrad, LazyAdam, build_optimizers, check_groups, make_optimizer, step, zero_grad
+from widedeep.optim import FTRL, LazyAdam, build_optimizers, check_groups, make_optimizer, step, zero_grad
 from widedeep.optim.groups import DEFAULTS, sparse_parameters
 from widedeep.optim.sparse_grad import coalesce
 
@@ -41,7 +41,7 @@ def train_step(m: WideDeep, opts: dict, seed: int) -> None:
 def test_defaults_are_ftrl_for_wide_and_adagrad_for_deep() -> None:
     m = model()
     opts = build_optimizers(m, TrainConfig())
-    assert isinstance(opts["wide"], FTRL) and isinstance(opts["deep"], Adagrad)
+    assert isinstance(opts["wide"], FTRL) and isinstance(opts["deep"], torch.optim.Adagrad)
     wide_ids = {id(p) for g in opts["wide"].param_groups for p in g["params"]}
     deep_ids = {id(p) for g in opts["deep"].param_groups for p in g["params"]}
     assert not wide_ids & deep_ids

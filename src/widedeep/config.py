@@ -5,6 +5,7 @@ Every error names the file and the key (``[features.age] quantiles``) so a user 
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -127,14 +128,22 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Loading
+# Loading: every default comes from the dataclasses above (read through these aliases), never restated here
 
-_OPTIMIZER_PARAMS = {
-    "ftrl": {"alpha", "beta", "l1", "l2"},
-    "adagrad": {"lr", "eps", "initial_accumulator_value", "weight_decay"},
-    "adam": {"lr", "beta1", "beta2", "eps", "weight_decay"},
-    "sgd": {"lr", "momentum", "weight_decay"},
+F, M, T = FeatureSpec, ModelConfig, TrainConfig
+
+# The one home of the optimizers' hyper-parameters and their defaults, for a batch-mean logistic loss; keys set in the
+# config override them. The per-coordinate gradient of an id seen once in a batch of B rows is ~(p - y)/B, so FTRL's n, z
+# and the terms compared with them shrink by 1/B against the per-example algorithm: beta must sit near 1/B (it damps the
+# first steps of every coordinate), l1 near l1_per_example/B. alpha needs no rescaling (sqrt(n) scales with the
+# gradient), but a batch takes one step where the per-example algorithm takes B, so it sits above the per-example 0.05-0.1.
+OPTIMIZER_DEFAULTS: dict[str, dict[str, float]] = {
+    "ftrl": {"alpha": 0.2, "beta": 1e-3, "l1": 0.0, "l2": 0.0},
+    "adagrad": {"lr": 0.05, "eps": 1e-10, "initial_accumulator_value": 0.0, "weight_decay": 0.0},
+    "adam": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
+    "sgd": {"lr": 0.05, "momentum": 0.0, "weight_decay": 0.0},
 }
+_MAY_BE_ZERO = {"l1", "l2", "momentum", "initial_accumulator_value", "weight_decay"}
 
 
 _FEATURE_KEYS = {
@@ -161,7 +170,8 @@ class _Reader:
         self.used.add(key)
         if key not in self.table:
             if default is ...:
-                self.fail("is required", key)
+                near = difflib.get_close_matches(key, [str(k) for k in self.table], n=1)
+                self.fail("is required" + (f" (there is an unknown key {near[0]!r}: a misspelling?)" if near else ""), key)
             return default
         value = self.table[key]
         kinds = kind if isinstance(kind, tuple) else (kind,)
@@ -190,25 +200,26 @@ class _Reader:
                 self.fail(f"must be a list of strings, got item {item!r}", key)
         return tuple(items)
 
-    def done(self) -> None:
+    def done(self, accepted: tuple[str, ...] = ()) -> None:
+        """Reject keys that nobody read; the message lists every key the table accepts (`accepted`, else those read)."""
         extra = sorted(set(self.table) - self.used)
         if extra:
-            self.fail(f"unknown key {extra[0]!r} (expected one of {sorted(self.used)})")
+            self.fail(f"unknown key {extra[0]!r} (accepted keys: {sorted(accepted or self.used)})")
 
 
 def _optimizer(value: Any, where: str, file: Path) -> OptimizerConfig:
     r = _Reader(value, where, file)
-    name = r.get("name", str, choices=tuple(_OPTIMIZER_PARAMS))
+    name = r.get("name", str, choices=tuple(OPTIMIZER_DEFAULTS))
     params = []
-    for key in sorted(_OPTIMIZER_PARAMS[name]):
+    for key in sorted(OPTIMIZER_DEFAULTS[name]):
         if key in r.table:
             v = r.get(key, float)
-            if key != "weight_decay" and key not in ("l1", "l2", "momentum", "initial_accumulator_value") and v <= 0:
+            if key not in _MAY_BE_ZERO and v <= 0:
                 r.fail(f"must be > 0, got {v}", key)
             if v < 0:
                 r.fail(f"must be >= 0, got {v}", key)
             params.append((key, v))
-    r.done()
+    r.done(accepted=("name", *OPTIMIZER_DEFAULTS[name]))
     return OptimizerConfig(name, tuple(params))
 
 
@@ -218,28 +229,28 @@ def _feature(name: str, table: Any, file: Path) -> FeatureSpec:
     spec = FeatureSpec(
         name=name,
         type=kind,
-        column=r.get("column", str, ""),
-        embedding_dim=r.get("embedding_dim", int, 0),
+        column=r.get("column", str, F.column),
+        embedding_dim=r.get("embedding_dim", int, F.embedding_dim),
     )
     if spec.embedding_dim < 0:
         r.fail(f"must be >= 0, got {spec.embedding_dim}", "embedding_dim")
     if kind == "continuous":
-        q = r.get("quantiles", int, 100)
+        q = r.get("quantiles", int, F.quantiles)
         if q < 2:
             r.fail(f"must be >= 2, got {q}", "quantiles")
         spec = _replace(spec, quantiles=q)
     else:
-        multi = r.get("multi_valued", bool, False)
+        multi = r.get("multi_valued", bool, F.multi_valued)
         spec = _replace(
             spec,
             multi_valued=multi,
-            delimiter=r.get("delimiter", str, "|"),
-            pooling=r.get("pooling", str, "mean", choices=("mean", "sum")),
+            delimiter=r.get("delimiter", str, F.delimiter),
+            pooling=r.get("pooling", str, F.pooling, choices=("mean", "sum")),
         )
         if not spec.delimiter:
             r.fail("must not be empty", "delimiter")
         if kind == "categorical":
-            spec = _replace(spec, min_count=r.positive("min_count", 1), max_size=r.get("max_size", int, 0))
+            spec = _replace(spec, min_count=r.positive("min_count", F.min_count), max_size=r.get("max_size", int, F.max_size))
         else:
             spec = _replace(spec, buckets=r.positive("buckets"))
     r.done()
@@ -280,7 +291,7 @@ def from_dict(raw: dict[str, Any], path: Path | str = Path("config.toml")) -> Co
         train=d.strings("train"),
         label=d.get("label", str),
         eval=d.strings("eval", ()),
-        prepared=d.get("prepared", str, ""),
+        prepared=d.get("prepared", str, DataConfig.prepared),
     )
     if not data.train:
         d.fail("must name at least one file", "train")
@@ -300,12 +311,12 @@ def from_dict(raw: dict[str, Any], path: Path | str = Path("config.toml")) -> Co
 
     m = _Reader(top.get("model", dict), "[model]", file)
     model = ModelConfig(
-        type=m.get("type", str, "wide_deep", choices=("wide", "deep", "wide_deep")),
+        type=m.get("type", str, M.type, choices=("wide", "deep", "wide_deep")),
         wide=m.strings("wide", ()),
         deep=m.strings("deep", ()),
-        embedding_dim=m.positive("embedding_dim", 32),
-        hidden=tuple(m.get("hidden", list, [1024, 512, 256])),
-        dropout=m.get("dropout", float, 0.0),
+        embedding_dim=m.positive("embedding_dim", M.embedding_dim),
+        hidden=tuple(m.get("hidden", list, list(M.hidden))),
+        dropout=m.get("dropout", float, M.dropout),
     )
     for h in model.hidden:
         if not isinstance(h, int) or isinstance(h, bool) or h < 1:
@@ -326,17 +337,17 @@ def from_dict(raw: dict[str, Any], path: Path | str = Path("config.toml")) -> Co
 
     t = _Reader(top.get("train", dict, {}), "[train]", file)
     train = TrainConfig(
-        batch_size=t.positive("batch_size", 1024),
-        epochs=t.positive("epochs", 1),
-        out=t.get("out", str, "runs/default"),
-        seed=t.get("seed", int, 0),
-        wide_optimizer=_optimizer(t.get("wide_optimizer", dict, {"name": "ftrl"}), "[train] wide_optimizer", file),
-        deep_optimizer=_optimizer(t.get("deep_optimizer", dict, {"name": "adagrad"}), "[train] deep_optimizer", file),
-        eval_every=t.get("eval_every", int, 0),
-        checkpoint_every=t.get("checkpoint_every", int, 0),
-        early_stopping=t.get("early_stopping", int, 0),
-        bf16=t.get("bf16", str, "auto", choices=("auto", "on", "off")),
-        device=t.get("device", str, "auto"),
+        batch_size=t.positive("batch_size", T.batch_size),
+        epochs=t.positive("epochs", T.epochs),
+        out=t.get("out", str, T.out),
+        seed=t.get("seed", int, T.seed),
+        wide_optimizer=_optimizer(t.get("wide_optimizer", dict, {"name": T.wide_optimizer.name}), "[train] wide_optimizer", file),
+        deep_optimizer=_optimizer(t.get("deep_optimizer", dict, {"name": T.deep_optimizer.name}), "[train] deep_optimizer", file),
+        eval_every=t.get("eval_every", int, T.eval_every),
+        checkpoint_every=t.get("checkpoint_every", int, T.checkpoint_every),
+        early_stopping=t.get("early_stopping", int, T.early_stopping),
+        bf16=t.get("bf16", str, T.bf16, choices=("auto", "on", "off")),
+        device=t.get("device", str, T.device),
     )
     for key in ("eval_every", "checkpoint_every", "early_stopping"):
         if getattr(train, key) < 0:

@@ -7,8 +7,11 @@ from typing import Any
 
 import torch
 
+from widedeep.config import OPTIMIZER_DEFAULTS
 from widedeep.optim.base import Optimizer
 from widedeep.optim.sparse_grad import sparse_rows
+
+_D = OPTIMIZER_DEFAULTS["ftrl"]
 
 
 class FTRL(Optimizer):
@@ -20,7 +23,9 @@ class FTRL(Optimizer):
     Sparse gradients (from `sparse=True` embeddings) update only the rows they touch; L1 gives exact zeros.
     """
 
-    def __init__(self, params: Iterable[Any], alpha: float = 0.05, beta: float = 1.0, l1: float = 0.0, l2: float = 0.0):
+    def __init__(
+        self, params: Iterable[Any], alpha: float = _D["alpha"], beta: float = _D["beta"], l1: float = _D["l1"], l2: float = _D["l2"]
+    ):
         for key, value, low in (("alpha", alpha, 0.0), ("beta", beta, 0.0)):
             if not value > low:
                 raise ValueError(f"FTRL {key} must be > 0, got {value}")

@@ -8,28 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from widedeep.config import OPTIMIZER_DEFAULTS as DEFAULTS
 from widedeep.config import OptimizerConfig, TrainConfig
 from widedeep.model.tables import OffsetTable
-from widedeep.optim.adagrad import Adagrad
 from widedeep.optim.ftrl import FTRL
 from widedeep.optim.lazy_adam import LazyAdam
-from widedeep.optim.sgd import SGD
-
-# Defaults for a batch-mean logistic loss; any key set in the config overrides them. The per-coordinate gradient of an id
-# seen once in a batch of B rows is ~(p - y)/B, so FTRL's n, z and the terms compared with them shrink by 1/B against
-# the per-example algorithm: beta must sit near 1/B (it damps the first steps of every coordinate, and at the
-# per-example beta = 1 rare crosses barely move), l1 near l1_per_example/B. alpha needs no rescaling (sqrt(n) scales with
-# the gradient), but a batch takes one step where the per-example algorithm takes B, so it sits above the per-example
-# 0.05-0.1. beta = 1e-3 is the compromise over batch sizes 256-4096 (measured on the app-store demo, wide only, eval AUC:
-# beta 1e-3 gives 0.739 / 0.742 / 0.739 at batch 256 / 512 / 4096; 1e-4 gives 0.730 / 0.732 / 0.739; 2e-3 gives
-# 0.742 / 0.745 / 0.731; the former defaults alpha 1, beta 1, l1 1e-3 gave 0.678). l1 is off: at these gradient scales any
-# useful value depends on B; set it in the config for sparsity.
-DEFAULTS: dict[str, dict[str, float]] = {
-    "ftrl": {"alpha": 0.2, "beta": 1e-3, "l1": 0.0, "l2": 0.0},
-    "adagrad": {"lr": 0.05, "eps": 1e-10, "initial_accumulator_value": 0.0, "weight_decay": 0.0},
-    "adam": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
-    "sgd": {"lr": 0.05, "momentum": 0.0, "weight_decay": 0.0},
-}
+from widedeep.optim.sparse_grad import coalesce_grads
 
 NamedParams = Sequence[tuple[str, nn.Parameter]]
 
@@ -75,8 +59,8 @@ def make_optimizer(cfg: OptimizerConfig, named: NamedParams, sparse: set[int] = 
     lazy = {"weight_decay": 0.0} if cfg.name == "adagrad" else {"weight_decay": 0.0, "momentum": 0.0}
     param_groups = [g for g in ({"params": dense_p}, {"params": sparse_p, **lazy}) if g["params"]]
     if cfg.name == "adagrad":
-        return Adagrad(param_groups, **hp)
-    return SGD(param_groups, **hp)
+        return torch.optim.Adagrad(param_groups, **hp)
+    return torch.optim.SGD(param_groups, **hp)
 
 
 def sparse_parameters(model: nn.Module) -> set[int]:
@@ -97,12 +81,14 @@ def build_optimizers(model: nn.Module, train_cfg: TrainConfig) -> dict[str, torc
 
 
 def zero_grad(opts: Mapping[str, torch.optim.Optimizer]) -> None:
-    """Drop the gradients of every part (set to None, so sparse gradients start fresh)."""
+    """Drop the gradients of every part (set to None, so sparse gradients start fresh): the one way the loop clears them."""
     for opt in opts.values():
         opt.zero_grad(set_to_none=True)
 
 
 def step(opts: Mapping[str, torch.optim.Optimizer]) -> None:
-    """Step every part's optimizer."""
+    """Step every part's optimizer. Sparse gradients are coalesced first by `coalesce_grads`, which only flags the
+    already unique and sorted rows of an OffsetTable gradient (torch's optimizers would sort them again)."""
     for opt in opts.values():
+        coalesce_grads(p for group in opt.param_groups for p in group["params"])
         opt.step()

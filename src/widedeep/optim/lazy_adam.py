@@ -7,8 +7,11 @@ from typing import Any
 
 import torch
 
+from widedeep.config import OPTIMIZER_DEFAULTS
 from widedeep.optim.base import Optimizer
 from widedeep.optim.sparse_grad import sparse_rows
+
+_D = OPTIMIZER_DEFAULTS["adam"]
 
 
 class LazyAdam(Optimizer):
@@ -19,7 +22,13 @@ class LazyAdam(Optimizer):
     """
 
     def __init__(
-        self, params: Iterable[Any], lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0
+        self,
+        params: Iterable[Any],
+        lr: float = _D["lr"],
+        beta1: float = _D["beta1"],
+        beta2: float = _D["beta2"],
+        eps: float = _D["eps"],
+        weight_decay: float = _D["weight_decay"],
     ):
         if not lr > 0 or not 0 <= beta1 < 1 or not 0 <= beta2 < 1 or not eps > 0 or weight_decay < 0:
             raise ValueError(f"LazyAdam: invalid hyper-parameters lr={lr} beta1={beta1} beta2={beta2} eps={eps} weight_decay={weight_decay}")
