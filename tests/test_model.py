@@ -150,16 +150,13 @@ def test_pooling_ignores_padding_and_empty_lists_pool_to_zero() -> None:
     model = WideDeep.build(config("deep"), Layout())
     b = make_batch(16, seed=5)
     wider = Batch(b.ids, b.dense, {k: F.pad(v, (0, 3)) for k, v in b.lists.items()}, b.label)  # 3 more padding columns
-    seen = []
-    model.deep.mlp.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
     with torch.no_grad():
         torch.testing.assert_close(model(b), model(wider))
-        x = seen[0]
-    # The MLP input is: single-valued embeddings (table by table), then pooled lists ("apps" is the only one), then dense.
+        x = model.deep.inputs(b.ids, b.dense, [b.lists[n] for n in model.list_slots])
     table = model.deep.tables["d8"]
     apps = {r.slot: r for r in model.embedding_layout()}["apps"]
-    start = sum(s.dim for s in model.deep.slots if s.source == "id")
-    pooled = x[:, start : start + 8]
+    pooled = x[:, model.deep.layout.columns({"apps"})]
+    assert pooled.shape == (16, 8)
     for i in range(16):
         ids = b.lists["apps"][i]
         ids = ids[ids > 0]
@@ -237,19 +234,22 @@ def test_embedding_layout_says_where_each_deep_id_lives() -> None:
     torch.manual_seed(0)
     model = WideDeep.build(config("deep"), Layout())
     b = make_batch(8, seed=8)
-    seen = []
-    model.deep.mlp.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    lists = [b.lists[n] for n in model.list_slots]
     with torch.no_grad():
-        model(b)
-    x, at = seen[0], 0
+        x = model.deep.inputs(b.ids, b.dense, lists)  # (B, in_dim)
+        torch.testing.assert_close(model.deep.mlp(x), model.deep(b.ids, b.dense, lists), rtol=0, atol=0)
     params = dict(model.named_parameters())
     layout = {r.slot: r for r in model.embedding_layout()}
-    for slot in [s for _, s, _ in model.deep.slot_rows if s.source == "id"]:  # single-valued slots come first, table by table
+    for slot in [s for _, s, _ in model.deep.slot_rows if s.source == "id"]:
         r = layout[slot.name]
         want = params[r.param][b.ids[:, Layout.id_slots.index(slot.name)] + r.offset]
-        torch.testing.assert_close(x[:, at : at + slot.dim], want.detach())
-        at += slot.dim
-    assert r.cardinality == Layout().cardinality[slot.name]
+        torch.testing.assert_close(x[:, model.deep.layout.columns({slot.name})], want.detach())
+        assert r.cardinality == Layout().cardinality[slot.name]
+    # single-valued slots table by table (d8, then d4), then pooled lists, then dense columns: every column once
+    layout = model.deep.layout
+    assert layout.names == ("country", "user", "imp", "apps", "age", "age", "price", "price")
+    assert layout.starts[0] == 0 and layout.starts[1:] == layout.ends[:-1] and layout.ends[-1] == model.deep.in_dim == x.shape[1]
+    torch.testing.assert_close(x[:, layout.columns({"age", "price"})], b.dense)
 
 
 def test_builds_from_a_real_feature_set_and_trains(tiny_config) -> None:

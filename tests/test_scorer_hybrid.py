@@ -20,8 +20,8 @@ from test_scorer_network import _model, _request  # noqa: E402
 def test_onnxruntime_mlp_matches_torch_with_and_without_context_half(n: int):
     model, fs = _model()
     sources = {f.source: f.name for f in fs.features}
-    plain = TorchNetwork(model, fs.dense_names, sources)
-    hybrid = TorchNetwork(model, fs.dense_names, sources, mlp="onnxruntime", mlp_threads=2)
+    plain = TorchNetwork(model, sources)
+    hybrid = TorchNetwork(model, sources, mlp="onnxruntime", mlp_threads=2)
     assert plain.mlp_runtime == "torch" and hybrid.mlp_runtime == "onnxruntime"
     ids, dense, lists = _request(n, np.random.default_rng(n), {0: 4, 2: 9, 3: 5})
     want = plain(ids, dense, lists)
@@ -38,8 +38,8 @@ def test_a_wrong_onnxruntime_graph_would_show():
     other, _ = _model(seed=1)
     sources = {f.source: f.name for f in fs.features}
     ids, dense, lists = _request(32, np.random.default_rng(0), {0: 4})
-    a = TorchNetwork(model, fs.dense_names, sources, mlp="onnxruntime")(ids, dense, lists)
-    b = TorchNetwork(other, fs.dense_names, sources, mlp="onnxruntime")(ids, dense, lists)
+    a = TorchNetwork(model, sources, mlp="onnxruntime")(ids, dense, lists)
+    b = TorchNetwork(other, sources, mlp="onnxruntime")(ids, dense, lists)
     assert np.abs(a - b).max() > 1e-3
 
 

@@ -10,7 +10,7 @@ import torch
 
 from widedeep.config import FeatureSpec, ModelConfig
 from widedeep.model.wide_deep import WideDeep
-from widedeep.serve.network import TorchNetwork, deep_columns
+from widedeep.serve.network import TorchNetwork
 
 
 def _layout():
@@ -64,19 +64,29 @@ def _request(n: int, rng: np.random.Generator, context_ids: dict[int, int]):
     return ids, dense, [installed, tags, cross]
 
 
-def test_deep_columns_cover_the_input_in_forward_order():
-    model, fs = _model()
-    layout = deep_columns(model.deep, fs.dense_names)
+def test_deep_layout_covers_the_input_in_concatenation_order():
+    model, _ = _model()
+    layout = model.deep.layout
     # dims in first-appearance order: 8 (installed, app, tags), 4 (country, user); scalars before lists
     assert layout.names == ("app", "country", "user", "installed", "tags", "age", "age", "price", "price")
     assert layout.starts[0] == 0 and layout.ends[-1] == model.deep.in_dim
-    assert list(layout.columns(frozenset({"country", "age"}))) == [8, 9, 10, 11, 32, 33]
+    assert layout.starts[1:] == layout.ends[:-1]
+    assert layout.columns(frozenset({"country", "age"})) == [8, 9, 10, 11, 32, 33]
+    ids, dense, lists = _request(5, np.random.default_rng(0), {})
+    ids, dense, lists = torch.from_numpy(ids), torch.from_numpy(dense), [torch.from_numpy(t) for t in lists]
+    with torch.no_grad():
+        x = model.deep.inputs(ids, dense, lists)
+        torch.testing.assert_close(model.deep.mlp(x), model.deep(ids, dense, lists), rtol=0, atol=0)  # forward = mlp(inputs)
+    assert x.shape == (5, model.deep.in_dim)
+    torch.testing.assert_close(x[:, layout.columns({"age", "price"})], dense)  # dense columns in order
+    country = model.deep.tables["d4"].weight[ids[:, 0]]  # country: first slot of the d4 table, offset 0
+    torch.testing.assert_close(x[:, layout.columns({"country"})], country.detach())
 
 
 @pytest.mark.parametrize("n", [1, 7, 64])
 def test_context_half_matches_plain_forward(n: int):
     model, fs = _model()
-    net = TorchNetwork(model, fs.dense_names, {f.source: f.name for f in fs.features})
+    net = TorchNetwork(model, {f.source: f.name for f in fs.features})
     rng = np.random.default_rng(n)
     ids, dense, lists = _request(n, rng, {0: 4, 2: 9, 3: 5})  # country, user, age bucket from the context
     half = net.context_half(frozenset({"country", "installed", "user", "user_age"}))
@@ -101,7 +111,7 @@ def test_projected_slots_give_the_plain_forward(budget: int, mlp: str):
     if mlp == "onnxruntime":
         pytest.importorskip("onnxruntime")
     model, fs = _model()
-    net = TorchNetwork(model, fs.dense_names, {f.source: f.name for f in fs.features}, mlp=mlp, project_bytes=budget)
+    net = TorchNetwork(model, {f.source: f.name for f in fs.features}, mlp=mlp, project_bytes=budget)
     assert net.projected == {0: (), 13 * 16 * 4: ("country",), 1 << 20: ("country", "app", "user")}[budget]
     ids, dense, lists = _request(40, np.random.default_rng(7), {0: 4, 3: 5})
     lists[1][:] = lists[1][0]  # tags and price the same for every row too: they can be context
@@ -116,7 +126,7 @@ def test_projected_slots_give_the_plain_forward(budget: int, mlp: str):
             direct = half.context_term_direct(torch.from_numpy(ids[:1]), torch.from_numpy(dense[:1]))
             assert (direct is not None) == (budget > 0 and "installed" not in ctx)  # projected slots, continuous values only
             if direct is not None:
-                x0 = net._deep_input(*(torch.from_numpy(a[:1]) for a in (ids, dense)), [torch.from_numpy(t[:1]) for t in lists])
+                x0 = model.deep.inputs(*(torch.from_numpy(a[:1]) for a in (ids, dense)), [torch.from_numpy(t[:1]) for t in lists])
                 np.testing.assert_allclose(direct.numpy(), half.context_term(x0).numpy(), rtol=1e-5, atol=1e-6)
         got = net.with_context(half, None, ids, dense, lists)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -124,18 +134,18 @@ def test_projected_slots_give_the_plain_forward(budget: int, mlp: str):
 
 def test_context_half_is_none_when_it_cannot_pay():
     model, fs = _model()
-    net = TorchNetwork(model, fs.dense_names, {f.source: f.name for f in fs.features})
+    net = TorchNetwork(model, {f.source: f.name for f in fs.features})
     assert net.context_half(frozenset()) is None
     assert net.context_half(frozenset({"not_a_feature"})) is None
     every = frozenset(f.source for f in fs.features)
     assert net.context_half(every) is None  # no candidate columns left
 
 
-def test_plain_forward_in_other_threads_is_untouched_by_the_capture_hook():
+def test_plain_and_split_scoring_from_several_threads_give_the_plain_forward():
     from concurrent.futures import ThreadPoolExecutor
 
     model, fs = _model()
-    net = TorchNetwork(model, fs.dense_names, {f.source: f.name for f in fs.features})
+    net = TorchNetwork(model, {f.source: f.name for f in fs.features})
     rng = np.random.default_rng(3)
     ids, dense, lists = _request(50, rng, {0: 4})
     want = reference(model, ids, dense, lists)

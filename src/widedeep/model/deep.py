@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,20 +56,62 @@ class MLP(nn.Module):
         return self.layers(x).squeeze(-1)  # (B, 1) -> (B,)
 
 
-class Deep(nn.Module):
-    """Embeddings (one fused table per embedding dim) + dense columns -> MLP -> logit (B,)."""
+@dataclass(frozen=True)
+class InputLayout:
+    """Which columns of the deep input each deep feature fills, in the order `Deep.inputs` concatenates them: single-valued
+    slots table by table, then pooled list slots table by table, then dense columns (a continuous feature fills two: its
+    value and its null flag)."""
 
-    def __init__(self, slots: Sequence[EmbeddingSlot], dense_columns: Sequence[int], hidden: Sequence[int], dropout: float = 0.0):
+    names: tuple[str, ...]  # the deep feature of each column block
+    starts: tuple[int, ...]
+    ends: tuple[int, ...]
+
+    @classmethod
+    def of(cls, blocks: Sequence[tuple[str, int]]) -> InputLayout:
+        """(feature, width) blocks in concatenation order -> their column spans."""
+        names, starts, ends, at = [], [], [], 0
+        for name, width in blocks:
+            names.append(name)
+            starts.append(at)
+            at += width
+            ends.append(at)
+        return cls(tuple(names), tuple(starts), tuple(ends))
+
+    @property
+    def width(self) -> int:
+        return self.ends[-1] if self.ends else 0
+
+    def columns(self, features: Collection[str]) -> list[int]:
+        """The deep-input columns the given features fill, ascending."""
+        return [c for n, a, b in zip(self.names, self.starts, self.ends) if n in features for c in range(a, b)]
+
+
+class Deep(nn.Module):
+    """Embeddings (one fused table per embedding dim) + dense columns -> MLP -> logit (B,).
+
+    `dense_features` names the deep feature of each dense column (a continuous feature owns its value and null flag).
+    """
+
+    def __init__(
+        self,
+        slots: Sequence[EmbeddingSlot],
+        dense_columns: Sequence[int],
+        dense_features: Sequence[str],
+        hidden: Sequence[int],
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if not slots and not dense_columns:
             raise ValueError("Deep needs at least one embedding slot or dense column")
+        if len(dense_features) != len(dense_columns):
+            raise ValueError(f"Deep got {len(dense_columns)} dense columns but {len(dense_features)} dense feature names")
         self.slots = tuple(slots)
         dims = list(dict.fromkeys(s.dim for s in self.slots))  # first-appearance order, deterministic
         self.tables = nn.ModuleDict()
         self._scalar: list[str] = []  # keys of the tables that hold single-valued slots
         self._lists: list[tuple[str, int, int, bool]] = []  # (table key, list index, row offset, mean pooling)
         self.slot_rows: list[tuple[str, EmbeddingSlot, int]] = []  # (table key, slot, row offset): where each slot's ids live
-        in_dim = 0
+        scalar_blocks, list_blocks = [], []  # (feature, width) in the order inputs() concatenates them
         for dim in dims:
             key = f"d{dim}"
             members = [s for s in self.slots if s.dim == dim]
@@ -81,18 +123,20 @@ class Deep(nn.Module):
                 self.register_buffer(f"{key}_columns", torch.tensor([s.index for s in scalars], dtype=torch.long), persistent=False)
                 self.register_buffer(f"{key}_offsets", torch.tensor(table.offsets[: len(scalars)], dtype=torch.long), persistent=False)
                 self._scalar.append(key)
+                scalar_blocks += [(s.name, dim) for s in scalars]
             self.slot_rows += [(key, s, off) for s, off in zip(scalars + lists, table.offsets)]
             for s, off in zip(lists, table.offsets[len(scalars) :]):
                 self._lists.append((key, s.index, off, s.pooling == "mean"))
-            in_dim += dim * len(members)
-        dense_columns = [int(c) for c in dense_columns]
-        self.register_buffer("dense_columns", torch.tensor(dense_columns, dtype=torch.long), persistent=False)
+                list_blocks.append((s.name, dim))
+        self.register_buffer("dense_columns", torch.tensor([int(c) for c in dense_columns], dtype=torch.long), persistent=False)
         self.n_dense = len(dense_columns)
-        self.in_dim = in_dim + self.n_dense
+        self.layout = InputLayout.of(scalar_blocks + list_blocks + [(name, 1) for name in dense_features])
+        self.in_dim = self.layout.width
         self.mlp = MLP(self.in_dim, hidden, dropout)
 
-    def forward(self, ids: torch.Tensor, dense: torch.Tensor, lists: Sequence[torch.Tensor]) -> torch.Tensor:
-        """ids (B, S) int64, dense (B, C) float32, lists: (B, L_j) int64 0-padded -> deep logit (B,)."""
+    def inputs(self, ids: torch.Tensor, dense: torch.Tensor, lists: Sequence[torch.Tensor]) -> torch.Tensor:
+        """ids (B, S) int64, dense (B, C) float32, lists: (B, L_j) int64 0-padded -> the MLP input (B, in_dim), laid out
+        as `self.layout` says."""
         B = ids.shape[0]
         parts = []
         for key in self._scalar:
@@ -110,5 +154,8 @@ class Deep(nn.Module):
             parts.append(pooled)
         if self.n_dense:
             parts.append(dense.index_select(1, self.dense_columns).to(parts[0].dtype if parts else dense.dtype))
-        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (B, in_dim)
-        return self.mlp(x)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (B, in_dim)
+
+    def forward(self, ids: torch.Tensor, dense: torch.Tensor, lists: Sequence[torch.Tensor]) -> torch.Tensor:
+        """ids (B, S) int64, dense (B, C) float32, lists: (B, L_j) int64 0-padded -> deep logit (B,)."""
+        return self.mlp(self.inputs(ids, dense, lists))

@@ -69,7 +69,7 @@ class WideDeep(nn.Module):
         if model_cfg.type in ("deep", "wide_deep"):
             if not model_cfg.deep:
                 raise ValueError(f"[model] deep: type {model_cfg.type!r} needs at least one feature")
-            slots, dense_cols, dense_names = [], [], []
+            slots, dense_cols, dense_names, dense_features = [], [], [], []
             for name in model_cfg.deep:
                 spec = specs.get(name)
                 if spec is None:
@@ -80,6 +80,7 @@ class WideDeep(nn.Module):
                             raise ValueError(f"[model] deep: dense column {col!r} missing from FeatureSet.dense_names")
                         dense_cols.append(fs.dense_names.index(col))
                         dense_names.append(col)
+                        dense_features.append(name)
                     continue
                 dim = spec.embedding_dim or model_cfg.embedding_dim
                 if name in id_index:
@@ -88,7 +89,7 @@ class WideDeep(nn.Module):
                     slots.append(EmbeddingSlot(name, "list", list_index[name], size(name), dim, spec.pooling))
                 else:
                     raise ValueError(f"[model] deep: feature {name!r} is neither an id slot nor a list slot of the FeatureSet")
-            deep = Deep(slots, dense_cols, model_cfg.hidden, model_cfg.dropout)
+            deep = Deep(slots, dense_cols, dense_features, model_cfg.hidden, model_cfg.dropout)
             info["deep"] = [s.name for s in slots]
             info["dense"] = dense_names
         return cls(model_cfg.type, wide, deep, tuple(fs.list_slots), info)

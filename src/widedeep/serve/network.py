@@ -7,7 +7,6 @@ half W_u u + b is computed once per request and broadcast over the candidates.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -26,41 +25,6 @@ class Network(Protocol):
     def __call__(self, ids: np.ndarray, dense: np.ndarray, lists: Sequence[np.ndarray]) -> np.ndarray: ...
 
 
-@dataclass(frozen=True)
-class DeepColumns:
-    """Which columns of the deep input vector each deep feature fills (continuous features fill two: value and null flag)."""
-
-    names: tuple[str, ...]  # deep feature name per column block
-    starts: tuple[int, ...]
-    ends: tuple[int, ...]
-
-    def columns(self, features: frozenset[str]) -> np.ndarray:
-        cols = [np.arange(s, e) for n, s, e in zip(self.names, self.starts, self.ends) if n in features]
-        return np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
-
-
-def deep_columns(deep: Deep, dense_names: Sequence[str]) -> DeepColumns:
-    """The deep input layout, in the order Deep.forward concatenates it: scalar slots per table, list slots per table, dense."""
-    dims = list(dict.fromkeys(s.dim for s in deep.slots))
-    ordered = [s for d in dims for s in deep.slots if s.dim == d and s.source == "id"]
-    ordered += [s for d in dims for s in deep.slots if s.dim == d and s.source == "list"]
-    names, starts, ends, at = [], [], [], 0
-    for s in ordered:
-        names.append(s.name)
-        starts.append(at)
-        at += s.dim
-        ends.append(at)
-    for col in deep.dense_columns.tolist():
-        name = dense_names[col]
-        names.append(name[: -len("__null")] if name.endswith("__null") else name)
-        starts.append(at)
-        at += 1
-        ends.append(at)
-    if at != deep.in_dim:
-        raise ValueError(f"deep input layout covers {at} columns but the model's MLP takes {deep.in_dim}")
-    return DeepColumns(tuple(names), tuple(starts), tuple(ends))
-
-
 class Projection:
     """Single-valued embedding slots folded into the first MLP layer: W_f e_f(id) precomputed for every id of slot f.
 
@@ -69,8 +33,9 @@ class Projection:
     smallest vocabulary first while the table stays within `budget_bytes`; the others stay in the GEMM.
     """
 
-    def __init__(self, deep: Deep, layout: DeepColumns, first: nn.Linear, budget_bytes: int):
+    def __init__(self, deep: Deep, first: nn.Linear, budget_bytes: int):
         w = first.weight.detach()  # (H, D + pad)
+        layout = deep.layout
         spans = {n: (a, b) for n, a, b in zip(layout.names, layout.starts, layout.ends)}
         candidates = sorted((s.cardinality, s.name, key, s, off) for key, s, off in deep.slot_rows if s.source == "id")
         blocks, at = [], 0
@@ -195,7 +160,6 @@ class TorchNetwork:
     def __init__(
         self,
         module: WideDeep,
-        dense_names: Sequence[str],
         features_by_source: dict[str, str],
         *,
         mlp: MlpRuntime = "torch",
@@ -210,20 +174,17 @@ class TorchNetwork:
         self._int8 = int8
         self.module = module.eval()
         self.deep: Deep | None = module.deep
-        self.layout = deep_columns(self.deep, dense_names) if self.deep is not None else None
         self.feature_of_source = dict(features_by_source)  # input column -> feature name
         self._halves: dict[frozenset[str], ContextHalf | None] = {}
-        self._capture = threading.local()
         self._ort_rest = None  # the MLP after its first Linear and ReLU, where onnxruntime runs it
         self._ort_threads = int(mlp_threads)
         self._projection: Projection | None = None
         self._full: ContextHalf | None = None  # the split layer with no context columns: plain scoring
         if self.deep is not None:
-            self.deep.mlp.register_forward_pre_hook(self._mlp_input_hook)
             layers = self.deep.mlp.layers
             if _splittable(layers):
                 with torch.inference_mode():
-                    self._projection = Projection(self.deep, self.layout, layers[0], project_bytes) if project_bytes > 0 else None
+                    self._projection = Projection(self.deep, layers[0], project_bytes) if project_bytes > 0 else None
                 if mlp == "onnxruntime":
                     self._ort_rest = list(layers[2:])
                 self._full = self._split(frozenset())
@@ -245,9 +206,9 @@ class TorchNetwork:
         return self.module.forward_tensors(t_ids, t_dense, *t_lists).float().numpy()
 
     def _split(self, ctx: frozenset[str]) -> ContextHalf:
-        ctx_cols = self.layout.columns(ctx)
+        ctx_cols = np.asarray(self.deep.layout.columns(ctx), dtype=np.int64)
         item_cols = np.setdiff1d(np.arange(self.deep.in_dim), ctx_cols)
-        names = list(dict.fromkeys(self.layout.names))
+        names = list(dict.fromkeys(self.deep.layout.names))
         items, ctx_slots = [n for n in names if n not in ctx], [n for n in names if n in ctx]
         first, deep = self.deep.mlp.layers[0], self.deep
         dense = (deep.in_dim - deep.n_dense, deep.dense_columns)
@@ -264,8 +225,7 @@ class TorchNetwork:
             layers = self.deep.mlp.layers if self.deep is not None else ()
             if _splittable(layers):
                 ctx = frozenset(self.feature_of_source[c] for c in context_columns if c in self.feature_of_source)
-                ctx_cols = self.layout.columns(ctx)
-                if 0 < len(ctx_cols) < self.deep.in_dim:
+                if 0 < len(self.deep.layout.columns(ctx)) < self.deep.in_dim:
                     half = self._split(ctx)
             if len(self._halves) < 64:  # a few context shapes in practice; never grow without bound
                 self._halves[context_columns] = half
@@ -276,7 +236,7 @@ class TorchNetwork:
         """W_u u + b (1, H) from the first row of a request (every row shares the context)."""
         t_ids, t_dense, t_lists = _tensors(ids[:1], dense[:1], [x[:1] for x in lists])
         direct = half.context_term_direct(t_ids, t_dense)
-        return direct if direct is not None else half.context_term(self._deep_input(t_ids, t_dense, t_lists))
+        return direct if direct is not None else half.context_term(self.deep.inputs(t_ids, t_dense, t_lists))
 
     @torch.inference_mode()
     def with_context(
@@ -291,7 +251,7 @@ class TorchNetwork:
             if ctx_term is None:
                 ctx_term = self.context_term(half, ids, dense, lists)
         else:
-            x = self._deep_input(t_ids, t_dense, t_lists)
+            x = self.deep.inputs(t_ids, t_dense, t_lists)
             x_item = half.candidate_input(x)
             if ctx_term is None:
                 ctx_term = half.context_term_direct(t_ids[:1], t_dense[:1])
@@ -307,22 +267,6 @@ class TorchNetwork:
         if m.wide is not None:
             logit = logit + m.wide(t_ids, t_lists)
         return logit.float().numpy()
-
-    def _deep_input(self, ids: torch.Tensor, dense: torch.Tensor, lists: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The concatenated deep input x (B, D), taken from Deep.forward itself: the hook keeps x, and the MLP runs on 0 rows."""
-        self._capture.on = True
-        try:
-            self.deep(ids, dense, lists)
-            return self._capture.x
-        finally:
-            self._capture.on, self._capture.x = False, None
-
-    def _mlp_input_hook(self, _module: nn.Module, args: tuple[torch.Tensor, ...]):
-        cap = self._capture
-        if getattr(cap, "on", False):  # thread-local: plain forwards in other threads pass through untouched
-            cap.x = args[0]
-            return (args[0][:0],)
-        return None
 
 
 def _splittable(layers: Sequence[nn.Module]) -> bool:

@@ -104,7 +104,7 @@ class Scorer:
             mlp_threads = max(1, len(os.sched_getaffinity(0)) // threads)
             mlp = "onnxruntime" if backend == "hybrid" else "torch"
             network = TorchNetwork(
-                model.module, model.features.dense_names, sources, mlp=mlp, mlp_threads=mlp_threads, project_bytes=project_bytes,
+                model.module, sources, mlp=mlp, mlp_threads=mlp_threads, project_bytes=project_bytes,
                 int8=int8,
             )
         meta = {**model.meta, "backend": backend, "int8": int8, "path": str(root)}
