@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import print_machine
+
 MEMORY_BOUND = 1.5  # peak RSS after all rows / peak RSS after the first tenth
 
 
@@ -62,6 +64,7 @@ def main() -> None:
         child(int(args.child[0]), args.child[1])
         return
     rows = 50_000 if args.smoke else args.rows
+    print_machine()
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.run([sys.executable, __file__, "--child", str(rows), tmp], capture_output=True, text=True)
         if proc.returncode != 0:

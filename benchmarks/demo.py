@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import print_machine
+
 BOUND_S = 180.0
 
 
@@ -29,6 +31,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="2,000 rows: checks the script runs")
     args = ap.parse_args()
     rows = 2_000 if args.smoke else args.rows
+    print_machine()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "demo"
         cmd = [sys.executable, "-m", "widedeep", "demo", "--out", str(out), "--device", "cpu"]

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from _machine import print_machine
 
 from widedeep.batch import Batch
 from widedeep.config import FeatureSpec, ModelConfig, TrainConfig
 from widedeep.model import WideDeep
 from widedeep.model.deep import MLP
-from widedeep.optim import Adagrad, build_optimizers, step, zero_grad
+from widedeep.optim import build_optimizers, make_optimizer, step, zero_grad
 
 
 @dataclass
@@ -96,6 +97,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.batch, args.steps, args.warmup, args.vocab = 64, 3, 1, 1000
+    print_machine()
     if args.threads:
         torch.set_num_threads(args.threads)
     hidden = (64, 32) if args.smoke else (1024, 512, 256)
@@ -119,10 +121,10 @@ def main() -> None:
         model.zero_grad(set_to_none=True)
         F.binary_cross_entropy_with_logits(model(b), b.label).backward()
 
-    # The bounds: the same MLP and AdaGrad on a prebuilt input; no embeddings, no wide part, no FTRL. The second one also
+    # The bounds: the same MLP and deep optimizer on a prebuilt input; no embeddings, no wide part, no FTRL. The second one also
     # computes the gradient of the input, which training embeddings needs (one more GEMM of the first layer's size).
     mlp = MLP(model.deep.in_dim, hidden)
-    mlp_opt = Adagrad(mlp.parameters(), lr=0.05)
+    mlp_opt = make_optimizer(TrainConfig().deep_optimizer, list(mlp.named_parameters()))  # the loop's deep optimizer
     x = torch.rand(args.batch, model.deep.in_dim)
     x_grad = x.clone().requires_grad_(True)
 

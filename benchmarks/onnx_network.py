@@ -28,6 +28,7 @@ from widedeep.serve.bench import time_calls
 from widedeep.serve.onnx import OnnxNetwork, example_tensors, export_network
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import print_machine  # noqa: E402
 from model_step import SyntheticLayout  # noqa: E402  (the same synthetic paper layout as the training-step benchmark)
 
 
@@ -40,6 +41,7 @@ def main() -> None:
     hidden = (16, 8) if args.smoke else (1024, 512, 256)
     if args.smoke:
         args.vocab, args.reps = 100, 3
+    print_machine()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -23,6 +23,8 @@ import time
 import tomllib
 from pathlib import Path
 
+from _machine import print_machine
+
 TARGET_S_PER_M = 6.0  # seconds per 1M training rows of (b)
 
 
@@ -111,7 +113,7 @@ def main() -> None:
     if args.child:
         return child(args.child)
     rows = 20_000 if args.smoke else args.rows
-    print(f"prepare benchmark on {os.cpu_count()} cores, python {sys.version.split()[0]}", flush=True)
+    print_machine()
     with tempfile.TemporaryDirectory(prefix="widedeep-bench-") as tmp:
         if args.only in (None, "a"):
             (Path(tmp) / "a").mkdir()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import torch
+from _machine import print_machine
 
 from widedeep.artifact import save_model
 from widedeep.datasets.criteo_like import criteo_like, criteo_like_config
@@ -52,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--int8", action="store_true", help="hybrid backend with int8 MLP weights")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
     args = p.parse_args(argv)
-
+    print_machine()
     with tempfile.TemporaryDirectory(prefix="widedeep-bench-serve-") as tmp:
-        root = args.out or Path(tmp)
+        root = (args.out or Path(tmp)).resolve()
         if args.smoke:
             model = paper_model(root / "model", rows=300, hidden=(16,))
             result = bench_serve(model, candidates=20, splits=((20, 1), (10, 2)), http_splits=((10, 2),), requests=6,

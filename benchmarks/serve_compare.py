@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import print_machine  # noqa: E402
 from serve import CONTEXT, paper_model  # noqa: E402
 
 from widedeep.serve.bench import Latency, ServerProcess, synthetic_request, time_http  # noqa: E402
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny model and sizes: checks the script runs")
     args = p.parse_args(argv)
     configs = [parse(c) for c in args.configs]
+    print_machine()
     candidates, rounds, requests, warmup = (20, 1, 5, 1) if args.smoke else (200, args.rounds, args.requests, 20)
 
     with tempfile.TemporaryDirectory(prefix="widedeep-serve-compare-") as tmp:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+from _machine import print_machine  # noqa: E402
 from serve import CONTEXT, paper_model  # noqa: E402
 
 from widedeep.features import transform as transform_mod  # noqa: E402
@@ -29,9 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--candidates", type=int, default=200)
     p.add_argument("--requests", type=int, default=200)
-    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="a tiny model and request: checks the script runs")
     args = p.parse_args(argv)
     rows, n, requests = (300, 20, 5) if args.smoke else (20_000, args.candidates, args.requests)
+    print_machine()
     with tempfile.TemporaryDirectory(prefix="widedeep-bench-transform-") as tmp:
         model = paper_model(Path(tmp) / "model", rows=rows, hidden=(16,))
         fs = Scorer.load(model).features
