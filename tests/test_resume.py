@@ -31,6 +31,12 @@ def tensors(model_dir: Path, name: str = "model.safetensors") -> dict[str, torch
     return load_file(str(model_dir / name))
 
 
+def run_dir(out: Path) -> Path:
+    """The checkpoint folder of the one run that trained into `out`."""
+    (found,) = (out / "checkpoints").iterdir()
+    return found
+
+
 SETTINGS = dict(epochs=3, checkpoint_every=5, eval_every=7)  # 16 batches per epoch: checkpoints mid-epoch and at ends
 
 
@@ -45,10 +51,10 @@ def test_resume_is_bitwise_identical(tiny_config: Path, uninterrupted: Path, tmp
     cfg = variant(tiny_config, tmp_path, {"dropout": 0.2}, **SETTINGS)
     train(cfg, progress=False, max_steps=stop)
     # Simulate a crash just before the checkpoint at `stop`: the work after `resume_from` is lost.
-    for ckpt in list_checkpoints(tmp_path / "checkpoints"):
+    for ckpt in list_checkpoints(run_dir(tmp_path)):
         if int(ckpt.name.split("-")[1]) > resume_from:
             shutil.rmtree(ckpt)
-    assert list_checkpoints(tmp_path / "checkpoints")[-1].name == f"step-{resume_from:09d}"
+    assert list_checkpoints(run_dir(tmp_path))[-1].name == f"step-{resume_from:09d}"
 
     resumed = train(cfg, progress=False, resume=True)
     a, b = tensors(uninterrupted), tensors(resumed)
@@ -67,6 +73,13 @@ def test_resume_is_bitwise_identical(tiny_config: Path, uninterrupted: Path, tmp
 
     assert evals(tmp_path) == evals(uninterrupted.parent)
 
+    # So do the training-loss windows, including the one the interruption cut: its running sums are checkpointed.
+    def losses(out: Path) -> list[tuple[int, float]]:
+        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"]) for r in lines if r["split"] == "train"]
+
+    assert losses(tmp_path) == losses(uninterrupted.parent)
+
 
 def test_dropout_actually_randomizes_steps(tiny_config: Path, uninterrupted: Path, tmp_path: Path) -> None:
     """Guards the test above: with another seed the weights differ, so equality is not vacuous."""
@@ -76,13 +89,15 @@ def test_dropout_actually_randomizes_steps(tiny_config: Path, uninterrupted: Pat
 
 
 def test_resume_without_checkpoint_is_an_error(tiny_config: Path, tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="no checkpoint in"):
+    with pytest.raises(CheckpointError, match="no checkpoint of this run"):
         train(variant(tiny_config, tmp_path), progress=False, resume=True)
+    model_dir = train(variant(tiny_config, tmp_path, epochs=1), progress=False, resume="auto")  # starts fresh
+    assert json.loads((model_dir / "model.json").read_text())["metrics"]["steps"] == 16
 
 
 def test_resume_with_other_settings_is_refused(tiny_config: Path, tmp_path: Path) -> None:
     train(variant(tiny_config, tmp_path, epochs=1), progress=False, max_steps=3)
-    with pytest.raises(CheckpointError, match="different data, model or optimizer settings"):
+    with pytest.raises(CheckpointError, match="no checkpoint of this run .*checkpoints of other runs"):
         train(variant(tiny_config, tmp_path, epochs=1, batch_size=64), progress=False, resume=True)
     # More epochs is allowed: the run continues from step 3.
     model_dir = train(variant(tiny_config, tmp_path, epochs=2), progress=False, resume=True)

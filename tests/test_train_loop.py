@@ -16,13 +16,20 @@ from safetensors.torch import load_file
 from widedeep.cli import main
 from widedeep.config import Config, load
 from widedeep.train.distributed import resolve_device
-from widedeep.train.loop import cpu_has_native_bf16, cpu_threads, train, use_bf16
+from widedeep.train.loop import cpu_threads, train, use_bf16
 from conftest import make_log
 
 
 def variant(tiny_config: Path, out: Path, **train_changes) -> Config:
     cfg = load(tiny_config)
     return replace(cfg, data=replace(cfg.data, prepared=str(cfg.prepared_dir)), train=replace(cfg.train, out=str(out), **train_changes))
+
+
+def checkpoints(out: Path) -> list[str]:
+    """The step folders of the one run that trained into `out`."""
+    runs = list((out / "checkpoints").iterdir())
+    assert len(runs) == 1, runs
+    return sorted(p.name for p in runs[0].iterdir())
 
 
 def records(out: Path) -> list[dict]:
@@ -33,7 +40,7 @@ def test_layout_metrics_and_artifact(tiny_model: Path) -> None:
     out = tiny_model.parent
     assert tiny_model == out / "model"
     assert {"features.json", "model.safetensors", "model.json", "optimizer.safetensors"} <= {p.name for p in tiny_model.iterdir()}
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000000016", "step-000000032"]  # 2 epochs x 16 batches
+    assert checkpoints(out) == ["step-000000016", "step-000000032"]  # 2 epochs x 16 batches
 
     lines = records(out)
     evals = [r for r in lines if r["split"] == "eval"]
@@ -49,7 +56,7 @@ def test_layout_metrics_and_artifact(tiny_model: Path) -> None:
     m = json.loads((tiny_model / "model.json").read_text())["metrics"]
     assert m["eval"]["auc"] == evals[-1]["auc"] and m["steps"] == 32 and m["examples"] == 4000
     assert m["examples_per_s"] > 0 and m["train_seconds"] > 0 and 0.0 <= m["wide_sparsity"] <= 1.0
-    assert m["device"] == "cpu" and m["bf16"] is use_bf16("auto", torch.device("cpu"))
+    assert m["device"] == "cpu" and m["precision"] == {"train": "fp32", "metrics": "fp32"}
 
 
 def test_the_saved_model_scores_eval_data_as_training_reported(tiny_model: Path, tiny_config: Path) -> None:
@@ -88,7 +95,7 @@ def test_eval_every_and_max_steps(tiny_config: Path, tmp_path: Path) -> None:
     train(variant(tiny_config, tmp_path, eval_every=5, checkpoint_every=4), progress=False, max_steps=13)
     steps = [r["step"] for r in records(tmp_path) if r["split"] == "eval"]
     assert steps == [5, 10, 13]  # every 5 steps, plus the stopping point
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000000012", "step-000000013"]
+    assert checkpoints(tmp_path) == ["step-000000012", "step-000000013"]
     meta = json.loads((tmp_path / "model" / "model.json").read_text())["metrics"]
     assert meta["steps"] == 13 and meta["loop"]["epoch"] == 0 and meta["loop"]["batch"] == 13
 
@@ -104,18 +111,42 @@ def test_early_stopping_keeps_the_best_weights(tiny_config: Path, tmp_path: Path
     assert evals[-1]["step"] > best["step"]
 
 
-def test_bf16_on_cpu_trains(tiny_config: Path, tmp_path: Path) -> None:
-    model_dir = train(variant(tiny_config, tmp_path, epochs=1, bf16="on"), progress=False)
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_every_precision_records_the_metrics_the_artifact_reproduces(tiny_config: Path, tmp_path: Path, setting: str) -> None:
+    """The precision rule: whatever the training precision, recorded eval metrics are the saved model's fp32 scores.
+    bf16 "on" runs on every CPU (emulated where the hardware lacks it), so this path is tested on every machine."""
+    from widedeep.artifact import Model
+
+    model_dir = train(variant(tiny_config, tmp_path, epochs=1, bf16=setting), progress=False)
     m = json.loads((model_dir / "model.json").read_text())["metrics"]
-    assert m["bf16"] is True and np.isfinite(m["eval"]["logloss"])
+    assert m["precision"] == {"train": "bf16" if setting == "on" else "fp32", "metrics": "fp32"}
     w = load_file(str(model_dir / "model.safetensors"))
     assert all(t.dtype == torch.float32 for t in w.values())  # autocast computes in bf16, keeps fp32 weights
+    here = Model.load(model_dir).evaluate(pq.read_table(tiny_config.parent / "eval.parquet"))
+    assert here["auc"] == pytest.approx(m["eval"]["auc"], abs=1e-9)
+    assert here["logloss"] == pytest.approx(m["eval"]["logloss"], rel=1e-6)
+    logged = [r for r in records(tmp_path) if r["split"] == "eval"][-1]
+    assert logged["auc"] == m["eval"]["auc"]
 
 
-def test_bf16_rule_and_device_resolution() -> None:
+def test_bf16_changes_the_training_step(tiny_config: Path, tmp_path: Path) -> None:
+    """bf16 "on" really trains in bf16 (other weights than fp32), so the test above exercises that path."""
+    a = load_file(str(train(variant(tiny_config, tmp_path / "a", epochs=1, bf16="on"), progress=False) / "model.safetensors"))
+    b = load_file(str(train(variant(tiny_config, tmp_path / "b", epochs=1, bf16="off"), progress=False) / "model.safetensors"))
+    assert not torch.equal(a["deep.mlp.layers.0.weight"], b["deep.mlp.layers.0.weight"])
+
+
+def test_bf16_rule_and_device_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
+    monkeypatch.delenv("WIDEDEEP_BF16", raising=False)
     assert use_bf16("on", cpu) and not use_bf16("off", cpu)
-    assert use_bf16("auto", cpu) == cpu_has_native_bf16()
+    assert not use_bf16("auto", cpu)  # fp32 unless bf16 is asked for, on every CPU
+    monkeypatch.setenv("WIDEDEEP_BF16", "on")  # forces the bf16 path over any config
+    assert use_bf16("auto", cpu) and use_bf16("off", cpu)
+    monkeypatch.setenv("WIDEDEEP_BF16", "maybe")
+    with pytest.raises(ValueError, match="'auto', 'on' or 'off'"):
+        use_bf16("auto", cpu)
+    monkeypatch.delenv("WIDEDEEP_BF16")
     with pytest.raises(ValueError, match="'auto', 'on' or 'off'"):
         use_bf16("maybe", cpu)
     assert resolve_device("cpu") == cpu
@@ -148,4 +179,5 @@ def test_cli_train_and_errors(tiny_config: Path, tmp_path: Path, capsys: pytest.
     capsys.readouterr()
     shutil.rmtree(tmp_path / "cli" / "checkpoints")
     assert main(["train", str(tmp_path / "c.toml"), "--resume"]) == 2
-    assert "no checkpoint in" in capsys.readouterr().err
+    assert "no checkpoint of this run" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "c.toml"), "--resume=auto"]) == 0  # nothing to resume: starts fresh

@@ -43,7 +43,7 @@ def _train(args: argparse.Namespace) -> int:
         from widedeep.train.distributed import launch_local
 
         argv = ["train", str(args.config), "--device", args.device]
-        argv += ["--resume"] if args.resume else []
+        argv += [f"--resume={args.resume}"] if args.resume != "no" else []
         argv += ["--warm-start", str(args.warm_start)] if args.warm_start else []
         return launch_local(args.nproc, argv)
     cfg = load(args.config)
@@ -185,7 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train the model declared in CONFIG (runs prepare first if needed)")
     s.add_argument("config", type=Path)
-    s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.out")
+    s.add_argument(
+        "--resume", nargs="?", const="yes", default="no", choices=("yes", "auto"),
+        help="continue this run from its last checkpoint in train.out (an error if there is none); "
+        "--resume=auto: resume if there is one, else start fresh (for cron)",
+    )  # fmt: skip
     s.add_argument("--warm-start", type=Path, default=None, metavar="PREV_MODEL", help="start from a previous model's weights")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (runs torchrun --standalone)")

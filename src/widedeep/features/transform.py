@@ -156,6 +156,11 @@ class FeatureSet:
         out.update({c.name: 3 + c.buckets for c in self.crosses})
         return out
 
+    @property
+    def fingerprint(self) -> str:
+        """The prepare fingerprint (feature config + input files) this FeatureSet was fitted under; "" when fitted by hand."""
+        return str(self.info_.get("fingerprint", ""))
+
     def vocabulary(self, name: str) -> list[str]:
         """Tokens of a categorical feature in id order (token i has id i + 3)."""
         if name not in self.vocabs_:

@@ -4,9 +4,17 @@ prepare (if stale) -> build model and optimizers -> [resume | warm start] -> epo
 every epoch (and every `eval_every` steps), checkpoints every `checkpoint_every` steps and at each epoch end,
 optional early stopping on eval AUC -> the model artifact in ``<train.out>/model``.
 
+Precision: the training step may run under bf16 autocast (`train.bf16`), but every figure that is recorded or compared
+(eval metrics in metrics.jsonl and model.json, early stopping) is computed in fp32 by the plain forward pass, exactly as
+the saved model scores in `evaluate`, `predict` and serving.
+
 Determinism: the initial weights come from `train.seed`, the batch order from (seed, epoch), and the randomness of
 step t (dropout) from (seed, t). A run resumed from a checkpoint therefore replays exactly the steps that an
 uninterrupted run takes, and ends with bit-identical weights on CPU.
+
+Checkpoints live in ``<train.out>/checkpoints/<run fingerprint>/``: a run with other data, model, optimizer settings or
+warm-start model never reads, prunes or overwrites another run's checkpoints, and `--resume` continues only a run that
+matches this one.
 """
 
 from __future__ import annotations
@@ -19,32 +27,35 @@ import sys
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from widedeep.atomic import remove_stale, write_text_atomic
 from widedeep.batch import Batch
 from widedeep.config import Config, to_dict
 from widedeep.features.encoded import Encoded
-from widedeep.metrics import binary_metrics
-from widedeep.train.checkpoint import (
-    CheckpointError,
-    LoopState,
-    latest_checkpoint,
-    read_checkpoint,
-    restore,
-    save_checkpoint,
-)
+from widedeep.metrics import binary_metrics, json_safe
+from widedeep.optim.groups import step as step_optimizers
+from widedeep.optim.groups import zero_grad
 from widedeep.train import distributed as wd_dist
+from widedeep.train.checkpoint import CheckpointError, LoopState, latest_checkpoint, read_checkpoint, restore, save_checkpoint
 from widedeep.train.data import ShardLoader
 
 EVAL_BATCH = 2048  # rows per eval forward: larger batches only add transient memory
 SMALL_STEP_MACS = 1 << 24  # batch x MLP weights below which one CPU thread is faster
-LOG_EVERY = 50  # steps between progress-bar loss updates (reading the loss syncs a GPU)
+LOG_EVERY = 50  # steps between progress-bar loss updates (and, on a GPU, divergence checks: reading the loss syncs it)
+BF16_ENV = "WIDEDEEP_BF16"  # "on"/"off" overrides train.bf16 in every process (forces one precision path, e.g. in tests)
+
+Resume = Literal["no", "yes", "auto"]
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights became NaN or infinite; no model is written."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -60,6 +71,17 @@ def cpu_has_native_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def use_bf16(setting: str, device: torch.device) -> bool:
+    """Resolve `train.bf16` (or the WIDEDEEP_BF16 override). "auto" is fp32: bf16 autocast cost eval AUC beyond
+    run-to-run noise on the benchmark sweep (docs/benchmarks.md), so it runs only when asked for with "on"."""
+    setting = os.environ.get(BF16_ENV) or setting
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"train.bf16 (or {BF16_ENV}) must be 'auto', 'on' or 'off', got {setting!r}")
+    if setting == "on" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"train.bf16 = 'on' but {torch.cuda.get_device_name(device)} has no bf16 support")
+    return setting == "on"
+
+
 def cpu_threads(model: torch.nn.Module, batch_size: int) -> int:
     """Intra-op threads for CPU training: 1 when a step's dense work is small (threads then cost more in hand-offs than they
     save, badly so on a busy machine), else torch's default. OMP_NUM_THREADS, when set, wins."""
@@ -69,33 +91,8 @@ def cpu_threads(model: torch.nn.Module, batch_size: int) -> int:
     return 1 if batch_size * dense < SMALL_STEP_MACS else torch.get_num_threads()
 
 
-def use_bf16(setting: str, device: torch.device) -> bool:
-    """Resolve `train.bf16`. "auto" is on only where bf16 has hardware support: CUDA GPUs that report it, and CPUs with
-    AVX512-BF16/AMX. On other CPUs (e.g. AVX2) autocast emulates bf16 and measured slower (benchmarks/train.py), so off."""
-    if setting == "on":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ValueError(f"train.bf16 = 'on' but {torch.cuda.get_device_name(device)} has no bf16 support")
-        return True
-    if setting == "off":
-        return False
-    if setting != "auto":
-        raise ValueError(f"train.bf16 must be 'auto', 'on' or 'off', got {setting!r}")
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_native_bf16()
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # One step, and evaluation
-
-
-def clear_grads(optimizers: Iterable[torch.optim.Optimizer]) -> None:
-    """Set the gradient of every parameter the optimizers hold to None: `zero_grad(set_to_none=True)` without its
-    first-call import of torch._dynamo (~1.5 s of process start for a command that never compiles)."""
-    for opt in optimizers:
-        for group in opt.param_groups:
-            for p in group["params"]:
-                p.grad = None
 
 
 class Trainer:
@@ -121,40 +118,34 @@ class Trainer:
         self.sync_grads = sync_grads
         self.gather = gather  # data-parallel: (labels, probs) of this rank's eval part -> those of the whole eval set
 
-    def autocast(self) -> Any:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
-
     def step(self, batch: Batch) -> torch.Tensor:
-        """Train on one batch; returns the detached mean loss (not synced to the host)."""
+        """Train on one batch (under bf16 autocast when enabled); returns the detached mean loss (not synced to the host)."""
         batch = batch.to(self.device, non_blocking=True)
-        clear_grads(self.optimizers.values())
-        with self.autocast():
+        zero_grad(self.optimizers)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext():
             logits = self.forward_module(batch)  # (B,)
         loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label)
         loss.backward()
         if self.sync_grads is not None:
             self.sync_grads()
-        for opt in self.optimizers.values():
-            opt.step()
+        step_optimizers(self.optimizers)
         return loss.detach()
 
     @torch.no_grad()
     def predict(self, shards: Sequence[Encoded]) -> np.ndarray:
-        """Probabilities for every row of `shards`, in order."""
+        """Probabilities for every row of `shards`, in order, in fp32 whatever the training precision (as served)."""
         self.model.eval()
         out = []
         try:
-            loader = ShardLoader(shards, EVAL_BATCH, shuffle=False)
-            for batch in loader.epoch(0):
-                with self.autocast():
-                    logits = self.model(batch.to(self.device, non_blocking=True))
+            for batch in ShardLoader(shards, EVAL_BATCH, shuffle=False).epoch(0):
+                logits = self.model(batch.to(self.device, non_blocking=True))
                 out.append(torch.sigmoid(logits.float()).cpu().numpy())
         finally:
             self.model.train()
         return np.concatenate(out)
 
     def evaluate(self, shards: Sequence[Encoded]) -> dict[str, float]:
-        """AUC, logloss, calibration (mean prediction / mean label) on `shards` (scikit-learn AUC)."""
+        """AUC, logloss, calibration (mean prediction / mean label) on `shards`, over all ranks' parts."""
         labels = np.concatenate([np.asarray(s.label) for s in shards if len(s)])
         probs = self.predict(shards)
         if self.gather is not None:
@@ -163,24 +154,18 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The training run
+# Run identity, logs and the state of one run
 
 
-def run_fingerprint(cfg: Config, data_fingerprint: str) -> str:
-    """What a checkpoint must match to be resumed: the encoded data, the model and the optimization settings.
-
-    Epochs, eval/checkpoint cadence, early stopping, device and precision may change between an interrupted run and its
-    resumption; anything that changes the weights' shapes or the sequence of updates may not."""
+def run_fingerprint(cfg: Config, data_fingerprint: str, warm_start: str = "") -> str:
+    """What a checkpoint must match to be resumed: the encoded data, the model, the optimization settings and the
+    warm-start model (its weights' sha256). Epochs, eval/checkpoint cadence, early stopping, device and precision may
+    change between an interrupted run and its resumption; anything that changes the weights' shapes or the sequence of
+    updates may not."""
     t = to_dict(cfg)["train"]
     keep = {k: t[k] for k in ("batch_size", "seed", "wide_optimizer", "deep_optimizer")}
-    blob = json.dumps({"data": data_fingerprint, "model": to_dict(cfg)["model"], "train": keep}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def data_fingerprint(fs: Any) -> str:
-    """The prepare fingerprint (feature config + input files) recorded in the FeatureSet, "" when it has none."""
-    info = getattr(fs, "info_", None) or {}
-    return str(info.get("fingerprint", "") or getattr(fs, "fingerprint", "") or "")
+    doc = {"data": data_fingerprint, "model": to_dict(cfg)["model"], "train": keep, "warm_start": warm_start}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -192,8 +177,6 @@ class MetricsLog:
     """metrics.jsonl: one JSON object per line, flushed as written. On resume, lines past the checkpoint are dropped."""
 
     def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if resume_step is not None and path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
@@ -202,42 +185,50 @@ class MetricsLog:
                         kept.append(line + "\n")
                 except json.JSONDecodeError:
                     continue  # a line cut short by the interruption
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(kept))
         self.file = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        self.file.write(json.dumps(clean) + "\n")
+        self.file.write(json.dumps(json_safe(record)) + "\n")
         self.file.flush()
 
     def close(self) -> None:
         self.file.close()
 
 
-def _prepared(cfg: Config, progress: bool) -> Path:
-    from widedeep.features.prepare import is_fresh, prepare
+@dataclass
+class Run:
+    """Everything one training run holds; `state` is what a checkpoint saves and restores."""
 
-    if is_fresh(cfg):
-        return cfg.prepared_dir
-    if progress:
-        print(f"widedeep train: encoded data in {cfg.prepared_dir} is missing or stale; running prepare", file=sys.stderr)
-    return Path(prepare(cfg, verbose=progress))
+    cfg: Config
+    d: wd_dist.Dist
+    fs: Any  # the fitted FeatureSet, saved with the model
+    model: torch.nn.Module
+    optimizers: dict[str, torch.optim.Optimizer]
+    trainer: Trainer
+    loader: ShardLoader
+    eval_shards: list[Encoded]
+    log: Any  # MetricsLog on rank 0, a NullLog elsewhere
+    state: LoopState
+    ckpt_dir: Path
+    fingerprint: str
+    best: dict[str, torch.Tensor] | None = None  # the best evaluation's weights (early stopping)
+    last_eval: tuple[int, dict[str, float]] | None = None  # (step, metrics) of the latest evaluation
+    window_loss: torch.Tensor | None = None  # this window's summed loss, on the device (read only when logged)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
 
 
-def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="ex", unit_scale=True, dynamic_ncols=True, desc="train", file=sys.stderr)
+# ----------------------------------------------------------------------------------------------------------------------
+# The training run
 
 
 def train(
     cfg: Config,
     *,
-    resume: bool = False,
+    resume: bool | Resume = False,
     warm_start: Path | None = None,
     device: str = "auto",
     progress: bool = True,
@@ -245,9 +236,9 @@ def train(
 ) -> Path:
     """Train the model that `cfg` declares; returns the model directory ``<train.out>/model``.
 
-    `device` "auto" defers to `train.device` (itself "auto" by default: CUDA when available). `resume` continues from
-    the newest checkpoint in ``<train.out>/checkpoints`` (an error if there is none or it belongs to another config);
-    it takes precedence over `warm_start`, whose weights the checkpoint already contains. `max_steps` ends training
+    `device` "auto" defers to `train.device` (itself "auto" by default: CUDA when available). `resume` "yes" (or True)
+    continues from the newest checkpoint of this run (an error if there is none), "auto" resumes when there is one and
+    starts fresh otherwise; a checkpoint already holds the warm-start weights it began from. `max_steps` ends training
     after that many steps in total (checkpoint and model are written as at a normal end).
     """
     from widedeep.features.shards import open_split
@@ -275,167 +266,253 @@ def fit(
     train_shards: Sequence[Encoded],
     eval_shards: Sequence[Encoded],
     *,
-    resume: bool = False,
+    resume: bool | Resume = False,
     warm_start: Path | None = None,
     device: str = "auto",
     progress: bool = True,
     max_steps: int | None = None,
 ) -> Path:
     """The training run proper, on already encoded shards and their fitted FeatureSet (`train` without the prepare step)."""
-    from widedeep.artifact import save_model
+    tc = cfg.train
+    run = _start(cfg, fs, train_shards, eval_shards, _resume_mode(resume), warm_start, device, progress)
+    bar = _progress_bar(progress and run.d.is_main, run.loader.rows * tc.epochs, run.state.examples)
+    under_budget = lambda: max_steps is None or run.state.step < max_steps  # noqa: E731
+    threads = torch.get_num_threads()
+    if run.d.device.type == "cpu":
+        torch.set_num_threads(cpu_threads(run.model, tc.batch_size))
+        # A gather thread helps only with a core to spare; otherwise it slows torch's own threads down (measured).
+        run.loader.prefetch = 2 if (os.cpu_count() or 1) > torch.get_num_threads() else 0
+    try:
+        # Epochs of shuffled mini-batches, with evaluations and checkpoints at their cadence.
+        while run.state.epoch < tc.epochs and not run.state.stopped and under_budget():
+            for batch in run.loader.epoch(run.state.epoch, start=run.state.batch):
+                _train_step(run, batch, bar)
+                mid_epoch = run.state.batch < run.steps_per_epoch
+                if run.eval_shards and tc.eval_every and run.state.step % tc.eval_every == 0 and mid_epoch:
+                    _evaluate(run)
+                if tc.checkpoint_every and run.state.step % tc.checkpoint_every == 0 and mid_epoch:
+                    _checkpoint(run)
+                if run.state.stopped or not under_budget():
+                    break
+            if run.state.batch >= run.steps_per_epoch:  # the epoch is complete
+                if run.eval_shards:
+                    _evaluate(run)  # logged with the epoch just finished
+                run.state.epoch, run.state.batch = run.state.epoch + 1, 0
+                _checkpoint(run)
+        # Stopped mid-epoch (early stopping or max_steps): make the stopping point resumable.
+        if run.state.batch:
+            if run.eval_shards and (run.last_eval is None or run.last_eval[0] != run.state.step):
+                _evaluate(run)
+            _checkpoint(run)
+        _log_train(run)
+    finally:
+        torch.set_num_threads(threads)
+        if bar is not None:
+            bar.close()
+    return _finish(run, progress)
+
+
+def _resume_mode(resume: bool | str) -> Resume:
+    mode = {True: "yes", False: "no"}.get(resume, resume) if isinstance(resume, bool) else resume
+    if mode not in ("no", "yes", "auto"):
+        raise ValueError(f"resume must be 'no', 'yes' or 'auto', got {resume!r}")
+    return mode
+
+
+def _start(
+    cfg: Config, fs: Any, train_shards: Sequence[Encoded], eval_shards: Sequence[Encoded],
+    resume: Resume, warm_start: Path | None, device: str, progress: bool,
+) -> Run:  # fmt: skip
+    """Build the model, the optimizers and the loader; resume from this run's checkpoint or warm start."""
     from widedeep.model.wide_deep import WideDeep
     from widedeep.optim.groups import build_optimizers
 
     tc = cfg.train
     d = wd_dist.setup(tc.device if device == "auto" else device)  # rank/world under torchrun; (0, 1) otherwise
-    dev = d.device
-    ckpt_dir, model_dir = cfg.out_dir / "checkpoints", cfg.out_dir / "model"
-    fingerprint = run_fingerprint(cfg, data_fingerprint(fs))
-    eval_shards = wd_dist.rank_part([s for s in eval_shards if len(s)], d)  # each rank scores its part
-    if tc.early_stopping and not eval_shards:
+    eval_part = wd_dist.rank_part([s for s in eval_shards if len(s)], d)  # each rank scores its part
+    if tc.early_stopping and not eval_part:
         raise ValueError(f"{cfg.path}: [train] early_stopping = {tc.early_stopping} needs eval data ([data] eval is empty)")
-    loader = ShardLoader(train_shards, wd_dist.local_batch(tc.batch_size, d), seed=tc.seed, rank=d.rank, world=d.world)
+    prev_version = _weights_sha(warm_start) if warm_start is not None else ""
+    fingerprint = run_fingerprint(cfg, fs.fingerprint, prev_version)
+    ckpt_dir = cfg.out_dir / "checkpoints" / fingerprint[:16]
+    if d.is_main:  # what dead processes of earlier runs left half-written
+        for folder in (cfg.out_dir, ckpt_dir):
+            remove_stale(folder)
 
     torch.manual_seed(tc.seed)
-    model = WideDeep.build(cfg.model, fs).to(dev)
+    model = WideDeep.build(cfg.model, fs).to(d.device)
     optimizers = build_optimizers(model, tc)
+    loader = ShardLoader(train_shards, wd_dist.local_batch(tc.batch_size, d), seed=tc.seed, rank=d.rank, world=d.world)
+    found = latest_checkpoint(ckpt_dir) if resume != "no" else None
+    if resume == "yes" and found is None:
+        others = sorted(p.name for p in ckpt_dir.parent.iterdir() if p.is_dir()) if ckpt_dir.parent.is_dir() else []
+        raise CheckpointError(
+            f"--resume: no checkpoint of this run in {ckpt_dir}"
+            + (f" (checkpoints of other runs, with other data or settings: {others})" if others else "")
+            + "; train without --resume, or with --resume=auto, to start fresh"
+        )
     state, best = LoopState(), None
-    if resume:
-        found = latest_checkpoint(ckpt_dir)
-        if found is None:
-            raise CheckpointError(f"--resume: no checkpoint in {ckpt_dir} (train without --resume to start fresh)")
+    if found is not None:
         ckpt = read_checkpoint(found)
         if ckpt.fingerprint != fingerprint:
-            raise CheckpointError(
-                f"--resume: checkpoint {found} was written for different data, model or optimizer settings "
-                f"(fingerprint {ckpt.fingerprint[:12]} != {fingerprint[:12]}); train without --resume to start fresh"
-            )
-        state = restore(ckpt, model, optimizers)
-        best = ckpt.best
+            raise CheckpointError(f"--resume: checkpoint {found} belongs to another run (fingerprint {ckpt.fingerprint[:16]})")
+        state, best = restore(ckpt, model, optimizers), ckpt.best
         if tc.early_stopping and best is None and state.best_step == state.step:
-            best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        if progress:
-            print(f"widedeep train: resuming from {found} (step {state.step}, epoch {state.epoch})", file=sys.stderr)
+            best = _weights_copy(model)
+        if progress and d.is_main:
+            done = " (that run had finished: the model is written again from it)" if state.epoch >= tc.epochs else ""
+            print(f"widedeep train: resuming from {found} (step {state.step}, epoch {state.epoch}){done}", file=sys.stderr)
     elif warm_start is not None:
         from widedeep.train.warm_start import warm_start as load_previous
 
         load_previous(model, optimizers, Path(warm_start), fs)
 
-    bf16 = use_bf16(tc.bf16, dev)
-    trainer = Trainer(model, optimizers, dev, bf16, **wd_dist.trainer_hooks(model, d))
-    log = MetricsLog(cfg.out_dir / "metrics.jsonl", state.step if resume else None) if d.is_main else wd_dist.NullLog()
-    steps_per_epoch = len(loader)
-    bar = _progress_bar(progress and d.is_main, loader.rows * tc.epochs, min(state.examples, loader.rows * tc.epochs))
-    last_eval: tuple[int, dict[str, float]] | None = None
-    window = {"loss": torch.zeros((), device=dev), "steps": 0, "examples": 0, "seconds": 0.0}
-
-    def log_train() -> None:
-        if window["steps"]:
-            log.write({
-                "step": state.step, "epoch": state.epoch, "split": "train",
-                "loss": float(window["loss"].item()) / window["steps"],
-                "examples_per_s": window["examples"] / max(window["seconds"], 1e-9), "time": time.time(),
-            })  # fmt: skip
-        window.update(loss=torch.zeros((), device=dev), steps=0, examples=0, seconds=0.0)
-
-    def run_eval() -> dict[str, float]:
-        nonlocal last_eval, best
-        log_train()
-        m = trainer.evaluate(eval_shards)
-        last_eval = (state.step, m)
-        log.write({"step": state.step, "epoch": state.epoch, "split": "eval", "loss": m["logloss"], **m, "time": time.time()})
-        if tc.early_stopping:
-            if m["auc"] > state.best_auc:
-                state.best_auc, state.best_step, state.bad_evals = m["auc"], state.step, 0
-                best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            else:
-                state.bad_evals += 1
-                state.stopped = state.bad_evals >= tc.early_stopping
-        return m
-
-    def checkpoint() -> None:
-        keep_best = best if tc.early_stopping and state.best_step != state.step else None
-        if d.is_main:
-            save_checkpoint(ckpt_dir, model, optimizers, state, fingerprint, best=keep_best)
-
-    budget_left = lambda: max_steps is None or state.step < max_steps  # noqa: E731
+    bf16 = use_bf16(tc.bf16, d.device)
+    trainer = Trainer(model, optimizers, d.device, bf16, **wd_dist.trainer_hooks(model, d))
     # torch's sparse AdaGrad builds its update with invariant checks off and says so once per process: not actionable.
     warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled", category=UserWarning)
-    threads = torch.get_num_threads()
-    if dev.type == "cpu":
-        torch.set_num_threads(cpu_threads(model, tc.batch_size))
-        # A gather thread helps only with a core to spare; otherwise it slows torch's own threads down (measured).
-        loader.prefetch = 2 if (os.cpu_count() or 1) > torch.get_num_threads() else 0
-    try:
-        while state.epoch < tc.epochs and not state.stopped and budget_left():
-            t0 = time.perf_counter()
-            for batch in loader.epoch(state.epoch, start=state.batch):
-                if cfg.model.dropout:
-                    torch.manual_seed(step_seed(tc.seed, state.step))
-                loss = trainer.step(batch)
-                n = len(batch) * d.world  # examples over all ranks
-                state.step, state.batch, state.examples = state.step + 1, state.batch + 1, state.examples + n
-                window["loss"] += loss
-                window["steps"] += 1
-                window["examples"] += n
-                if bar is not None:
-                    bar.update(n)
-                    if state.step % LOG_EVERY == 0:
-                        bar.set_postfix(loss=f"{float(loss.item()):.4f}", epoch=state.epoch, refresh=False)
-                t1 = time.perf_counter()
-                state.train_seconds += t1 - t0
-                window["seconds"] += t1 - t0
-                if eval_shards and tc.eval_every and state.step % tc.eval_every == 0 and state.batch < steps_per_epoch:
-                    run_eval()
-                if tc.checkpoint_every and state.step % tc.checkpoint_every == 0 and state.batch < steps_per_epoch:
-                    checkpoint()
-                if state.stopped or not budget_left():
-                    break
-                t0 = time.perf_counter()
-            if state.batch >= steps_per_epoch:
-                if eval_shards:
-                    run_eval()  # logged with the epoch just finished
-                state.epoch, state.batch = state.epoch + 1, 0
-                checkpoint()
-        if state.batch:  # stopped mid-epoch (early stopping or max_steps): make the stopping point resumable
-            if eval_shards and (last_eval is None or last_eval[0] != state.step):
-                run_eval()
-            checkpoint()
-        log_train()
-    finally:
-        torch.set_num_threads(threads)
-        if bar is not None:
-            bar.close()
+    log = MetricsLog(cfg.out_dir / "metrics.jsonl", state.step if found else None) if d.is_main else wd_dist.NullLog()
+    return Run(cfg, d, fs, model, optimizers, trainer, loader, eval_part, log, state, ckpt_dir, fingerprint, best=best,
+               window_loss=torch.tensor(state.window_loss, device=d.device))  # fmt: skip
 
-    if tc.early_stopping and best is not None and state.best_step != state.step:
-        model.load_state_dict(best)  # keep the weights of the best evaluation
-        last_eval = None
-    final: dict[str, float] | None = None
-    if eval_shards:
-        final = last_eval[1] if last_eval is not None and last_eval[0] == state.step else trainer.evaluate(eval_shards)
-    log.close()
+
+def _train_step(run: Run, batch: Batch, bar: Any) -> None:
+    """One optimizer step on one batch; the loss joins the current log window."""
+    s = run.state
+    t0 = time.perf_counter()
+    if run.cfg.model.dropout:
+        torch.manual_seed(step_seed(run.cfg.train.seed, s.step))
+    loss = run.trainer.step(batch)
+    n = len(batch) * run.d.world  # examples over all ranks
+    s.step, s.batch, s.examples = s.step + 1, s.batch + 1, s.examples + n
+    run.window_loss += loss
+    s.window_steps, s.window_examples = s.window_steps + 1, s.window_examples + n
+    if run.d.device.type == "cpu" or s.step % LOG_EVERY == 0:  # on a GPU, reading the loss waits for the step
+        _check_finite(loss, s.step)
+    if bar is not None:
+        bar.update(n)
+        if s.step % LOG_EVERY == 0:
+            bar.set_postfix(loss=f"{float(loss.item()):.4f}", epoch=s.epoch, refresh=False)
+    took = time.perf_counter() - t0
+    s.train_seconds += took
+    s.window_seconds += took
+
+
+def _check_finite(loss: torch.Tensor, step: int) -> None:
+    if not math.isfinite(float(loss.item())):
+        raise TrainingDiverged(
+            f"training diverged at step {step} (loss is NaN or inf); no model was written. "
+            "Lower the learning rates ([train] wide_optimizer / deep_optimizer) and train again"
+        )
+
+
+def _log_train(run: Run) -> None:
+    """Write the window's mean training loss and speed to metrics.jsonl, then start a new window."""
+    s = run.state
+    if s.window_steps:
+        run.log.write({
+            "step": s.step, "epoch": s.epoch, "split": "train",
+            "loss": float(run.window_loss.item()) / s.window_steps,
+            "examples_per_s": s.window_examples / max(s.window_seconds, 1e-9), "time": time.time(),
+        })  # fmt: skip
+    run.window_loss.zero_()
+    s.window_loss, s.window_steps, s.window_examples, s.window_seconds = 0.0, 0, 0, 0.0
+
+
+def _evaluate(run: Run) -> dict[str, float]:
+    """Score the eval set in fp32, log it, and keep the early-stopping state (and the best weights) up to date."""
+    _log_train(run)
+    s, tc = run.state, run.cfg.train
+    m = run.trainer.evaluate(run.eval_shards)
+    run.last_eval = (s.step, m)
+    run.log.write({"step": s.step, "epoch": s.epoch, "split": "eval", "loss": m["logloss"], **m, "time": time.time()})
+    if tc.early_stopping:
+        if m["auc"] > s.best_auc:
+            s.best_auc, s.best_step, s.bad_evals = m["auc"], s.step, 0
+            run.best = _weights_copy(run.model)
+        else:
+            s.bad_evals += 1
+            s.stopped = s.bad_evals >= tc.early_stopping
+    return m
+
+
+def _checkpoint(run: Run) -> None:
+    """Save weights, optimizer state and the loop position (rank 0); refuses non-finite weights."""
+    run.state.window_loss = float(run.window_loss.item())
+    _check_weights(run.model, run.state.step)
+    keep_best = run.best if run.cfg.train.early_stopping and run.state.best_step != run.state.step else None
+    if run.d.is_main:
+        save_checkpoint(run.ckpt_dir, run.model, run.optimizers, run.state, run.fingerprint, best=keep_best)
+
+
+def _finish(run: Run, progress: bool) -> Path:
+    """Keep the best evaluation's weights (early stopping), score the final model, write the artifact (rank 0)."""
+    from widedeep.artifact import save_model
+
+    s, tc, model_dir = run.state, run.cfg.train, run.cfg.out_dir / "model"
+    if tc.early_stopping and run.best is not None and s.best_step != s.step:
+        run.model.load_state_dict(run.best)
+        run.last_eval = None
+    _check_weights(run.model, s.step)
+    final = None
+    if run.eval_shards:
+        fresh = run.last_eval is not None and run.last_eval[0] == s.step
+        final = run.last_eval[1] if fresh else run.trainer.evaluate(run.eval_shards)
+    run.log.close()
     metrics = {
         "eval": final,
-        "steps": state.step,
-        "epochs": state.epoch + (state.batch / max(steps_per_epoch, 1)),
-        "examples": state.examples,
-        "train_seconds": state.train_seconds,
-        "examples_per_s": state.examples / max(state.train_seconds, 1e-9),
-        "wide_sparsity": model.wide_sparsity(),
-        "device": str(dev),
-        "bf16": bf16,
-        "early_stopping": {"best_step": state.best_step, "best_auc": state.best_auc, "stopped": state.stopped}
-        if tc.early_stopping
-        else None,
-        "loop": asdict(state),
+        "precision": {"train": "bf16" if run.trainer.bf16 else "fp32", "metrics": "fp32"},
+        "steps": s.step,
+        "epochs": s.epoch + (s.batch / max(run.steps_per_epoch, 1)),
+        "examples": s.examples,
+        "train_seconds": s.train_seconds,
+        "examples_per_s": s.examples / max(s.train_seconds, 1e-9),
+        "wide_sparsity": run.model.wide_sparsity(),
+        "device": str(run.d.device),
+        "early_stopping": {"best_step": s.best_step, "best_auc": s.best_auc, "stopped": s.stopped} if tc.early_stopping else None,
+        "loop": asdict(s),
     }
-    if d.is_main:
-        save_model(model_dir, model, fs, cfg, metrics, optimizers=optimizers)
-    wd_dist.barrier(d)
-    if progress and d.is_main and final is not None:
+    if run.d.is_main:
+        save_model(model_dir, run.model, run.fs, run.cfg, metrics, optimizers=run.optimizers)
+    wd_dist.barrier(run.d)
+    if progress and run.d.is_main and final is not None:
         print(
-            f"widedeep train: {state.step} steps, {metrics['examples_per_s']:,.0f} examples/s; eval AUC {final['auc']:.4f} "
+            f"widedeep train: {s.step} steps, {metrics['examples_per_s']:,.0f} examples/s; eval AUC {final['auc']:.4f} "
             f"logloss {final['logloss']:.4f} calibration {final['calibration']:.3f} -> {model_dir}",
             file=sys.stderr,
         )
     return model_dir
+
+
+def _check_weights(model: torch.nn.Module, step: int) -> None:
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise TrainingDiverged(f"training diverged by step {step}: parameter {bad[0]!r} holds NaN or inf; no model was written")
+
+
+def _weights_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _weights_sha(model_dir: Path) -> str:
+    from widedeep.artifact import read_meta
+
+    return str(read_meta(model_dir)["files"]["model.safetensors"]["sha256"])
+
+
+def _prepared(cfg: Config, progress: bool) -> Path:
+    from widedeep.features.prepare import is_fresh, prepare
+
+    if is_fresh(cfg):
+        return cfg.prepared_dir
+    if progress:
+        print(f"widedeep train: encoded data in {cfg.prepared_dir} is missing or stale; running prepare", file=sys.stderr)
+    return Path(prepare(cfg, verbose=progress))
+
+
+def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=min(initial, total), unit="ex", unit_scale=True, dynamic_ncols=True, desc="train", file=sys.stderr)
