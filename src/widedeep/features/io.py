@@ -27,8 +27,9 @@ def file_format(path: Path) -> str:
     raise ValueError(f"{path}: unknown data format (expected {', '.join(_PARQUET + _CSV)})")
 
 
-def resolve_paths(spec: str | Sequence[str], root: Path) -> list[Path]:
-    """Files named by a file, glob or directory (or a list of them), relative to `root`; sorted, without duplicates."""
+def resolve_paths(spec: str | Sequence[str], root: Path, named_by: str = "") -> list[Path]:
+    """Files named by a file, glob or directory (or a list of them), relative to `root`; sorted, without duplicates.
+    `named_by` says where the names come from (e.g. "config.toml: [data] eval"), for the error when nothing matches."""
     out: dict[Path, None] = {}
     for item in [spec] if isinstance(spec, str) else spec:
         p = Path(item).expanduser()
@@ -42,7 +43,7 @@ def resolve_paths(spec: str | Sequence[str], root: Path) -> list[Path]:
         else:
             found = []
         if not found:
-            raise FileNotFoundError(f"no data file matches {item!r} (resolved to {p})")
+            raise FileNotFoundError(f"{named_by + ': ' if named_by else ''}no data file matches {item!r} (resolved to {p})")
         for f in found:
             file_format(f)
             out[f] = None
