@@ -56,7 +56,8 @@ def test_layout_metrics_and_artifact(tiny_model: Path) -> None:
     m = json.loads((tiny_model / "model.json").read_text())["metrics"]
     assert m["eval"]["auc"] == evals[-1]["auc"] and m["steps"] == 32 and m["examples"] == 4000
     assert m["examples_per_s"] > 0 and m["train_seconds"] > 0 and 0.0 <= m["wide_sparsity"] <= 1.0
-    assert m["device"] == "cpu" and m["precision"] == {"train": "fp32", "metrics": "fp32"}
+    trained_in = "bf16" if use_bf16("auto", torch.device("cpu")) else "fp32"  # fp32 unless WIDEDEEP_BF16 forces bf16
+    assert m["device"] == "cpu" and m["precision"] == {"train": trained_in, "metrics": "fp32"}
 
 
 def test_the_saved_model_scores_eval_data_as_training_reported(tiny_model: Path, tiny_config: Path) -> None:
@@ -112,11 +113,14 @@ def test_early_stopping_keeps_the_best_weights(tiny_config: Path, tmp_path: Path
 
 
 @pytest.mark.parametrize("setting", ["on", "off"])
-def test_every_precision_records_the_metrics_the_artifact_reproduces(tiny_config: Path, tmp_path: Path, setting: str) -> None:
+def test_every_precision_records_the_metrics_the_artifact_reproduces(
+    tiny_config: Path, tmp_path: Path, setting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The precision rule: whatever the training precision, recorded eval metrics are the saved model's fp32 scores.
     bf16 "on" runs on every CPU (emulated where the hardware lacks it), so this path is tested on every machine."""
     from widedeep.artifact import Model
 
+    monkeypatch.delenv("WIDEDEEP_BF16", raising=False)
     model_dir = train(variant(tiny_config, tmp_path, epochs=1, bf16=setting), progress=False)
     m = json.loads((model_dir / "model.json").read_text())["metrics"]
     assert m["precision"] == {"train": "bf16" if setting == "on" else "fp32", "metrics": "fp32"}
@@ -129,8 +133,9 @@ def test_every_precision_records_the_metrics_the_artifact_reproduces(tiny_config
     assert logged["auc"] == m["eval"]["auc"]
 
 
-def test_bf16_changes_the_training_step(tiny_config: Path, tmp_path: Path) -> None:
+def test_bf16_changes_the_training_step(tiny_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """bf16 "on" really trains in bf16 (other weights than fp32), so the test above exercises that path."""
+    monkeypatch.delenv("WIDEDEEP_BF16", raising=False)
     a = load_file(str(train(variant(tiny_config, tmp_path / "a", epochs=1, bf16="on"), progress=False) / "model.safetensors"))
     b = load_file(str(train(variant(tiny_config, tmp_path / "b", epochs=1, bf16="off"), progress=False) / "model.safetensors"))
     assert not torch.equal(a["deep.mlp.layers.0.weight"], b["deep.mlp.layers.0.weight"])
