@@ -138,3 +138,86 @@ def test_csv_inputs_are_checked_and_prepared(project: Path) -> None:
     pcsv.write_csv(bad, project.parent / "train.csv")
     with pytest.raises(ValueError, match=r"train\.csv: cannot read.*conversion error to double"):
         prepare(load(project), verbose=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Leftovers of dead processes, degenerate data
+
+
+def test_stale_temp_folders_of_dead_processes_are_removed(project: Path) -> None:
+    import subprocess
+    import sys
+
+    from widedeep.atomic import temp_path
+
+    cfg = load(project)
+    out = cfg.prepared_dir
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A temp name made by a process that has exited since (its pid is dead) ...
+    code = f"from pathlib import Path; from widedeep.atomic import temp_path; print(temp_path(Path({str(out)!r})))"
+    dead = Path(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip())
+    (dead / "train").mkdir(parents=True)
+    (dead / "train" / "ids.npy").write_bytes(b"half written")
+    # ... and one this (live) process is writing.
+    live = temp_path(out)
+    live.mkdir()
+    prepare(cfg, verbose=False)
+    assert not dead.exists()
+    assert live.is_dir()
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["prepared", live.name])
+
+
+@pytest.mark.parametrize("value", [0, 1])
+def test_single_class_training_labels_are_refused_before_anything_is_written(project: Path, value: int) -> None:
+    t = make_log(600, seed=1)
+    pq.write_table(t.set_column(6, "installed", pa.array(np.full(600, value))), project.parent / "train.parquet")
+    message = rf"label column 'installed' has only the value {value} in the training data \(600 rows in .*train\.parquet\): nothing to learn"
+    with pytest.raises(FeatureError, match=message):
+        prepare(load(project), verbose=False)
+    assert sorted(p.name for p in project.parent.iterdir()) == ["config.toml", "eval.parquet", "train.parquet"]
+
+
+def test_single_class_eval_labels_warn_that_auc_is_undefined(project: Path) -> None:
+    from widedeep.features.checks import DataWarning
+
+    t = make_log(200, seed=2)
+    pq.write_table(t.set_column(6, "installed", pa.array(np.ones(200, np.int64))), project.parent / "eval.parquet")
+    with pytest.warns(DataWarning, match=r"label column 'installed' has only the value 1 in the eval data \(200 rows in .*eval\.parquet\).*AUC"):
+        out = prepare(load(project), verbose=False)
+    assert json.loads((out / "manifest.json").read_text())["splits"]["eval"]["rows"] == 200  # prepared all the same
+
+
+def _set(t: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    return t.set_column(t.column_names.index(name), name, values)
+
+
+@pytest.mark.parametrize(
+    "column, values, message",
+    [
+        ("price", pa.nulls(600, pa.float64()), r"feature 'price' \(column 'price'\) is null in every row"),
+        ("age", pa.array(np.full(600, np.nan)), r"feature 'age' \(column 'age'\) is null in every row"),
+        ("price", pa.array(np.full(600, 2.5)), r"feature 'price' \(column 'price'\) has the value 2\.5 in every row"),
+        ("country", pa.array(["us"] * 600), r"feature 'country' \(column 'country'\) has the value 'us' in every row"),
+        ("country", pa.array([""] * 300 + [None] * 300, pa.string()), r"feature 'country' .* is null in every row"),
+        ("user_id", pa.array(np.full(600, 7)), r"feature 'user_id' \(column 'user_id'\) has the value '7' in every row"),
+        ("installed_apps", pa.array([[]] * 600, pa.list_(pa.string())), r"feature 'installed_apps' .* is null in every row"),
+    ],
+)  # fmt: skip
+def test_null_or_constant_training_features_warn_naming_feature_and_file(project: Path, column, values, message) -> None:
+    from widedeep.features.checks import DataWarning
+
+    pq.write_table(_set(make_log(600, seed=1), column, values), project.parent / "train.parquet")
+    with pytest.warns(DataWarning, match=message + r" of the training data \(.*train\.parquet\)") as record:
+        prepare(load(project), verbose=False)
+    assert len(record) == 1  # only the degenerate feature is named
+
+
+def test_ordinary_data_gives_no_warning(project: Path) -> None:
+    import warnings
+
+    t = make_log(600, seed=1)
+    t = _set(t, "country", pa.array(["us"] * 599 + [None], pa.string()))  # one value, but missing once: informative
+    pq.write_table(t, project.parent / "train.parquet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare(load(project), verbose=False)

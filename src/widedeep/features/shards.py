@@ -7,14 +7,11 @@ slot <slot>.values.npy int32 and <slot>.offsets.npy int64; meta.json records the
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from widedeep.atomic import ordinary_permissions
+from widedeep.atomic import publish_dir, write_text_synced
 from widedeep.features.encoded import Encoded
 
 
@@ -25,14 +22,11 @@ def _safe(name: str) -> str:
 
 
 def write_shard(path: str | Path, enc: Encoded) -> Path:
-    """Write `enc` into folder `path` (which must not exist): files go to a temp folder that is renamed at the end."""
+    """Write `enc` into folder `path` (which must not exist), published whole (`atomic.publish_dir`) or not at all."""
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path}: shard already exists")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        ordinary_permissions(tmp)
+    with publish_dir(path, replace=False) as tmp:
         np.save(tmp / "ids.npy", np.ascontiguousarray(enc.ids, dtype=np.int32))
         np.save(tmp / "dense.npy", np.ascontiguousarray(enc.dense, dtype=np.float32))
         if enc.label is not None:
@@ -41,11 +35,7 @@ def write_shard(path: str | Path, enc: Encoded) -> Path:
             np.save(tmp / f"{_safe(name)}.values.npy", np.ascontiguousarray(values, dtype=np.int32))
             np.save(tmp / f"{name}.offsets.npy", np.ascontiguousarray(offsets, dtype=np.int64))
         meta = {"rows": len(enc), "lists": list(enc.lists), "label": enc.label is not None}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_text_synced(tmp / "meta.json", json.dumps(meta, indent=1))
     return path
 
 
