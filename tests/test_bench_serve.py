@@ -1,18 +1,14 @@
-"""bench-serve cannot rot: its request generator gives valid requests, and the benchmark script runs end to end (--smoke)."""
+"""bench-serve cannot rot: its request generator gives valid requests and its tables are built (benchmarks/serve.py's
+smoke run is in test_benchmarks_smoke.py)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from widedeep.serve.bench import Latency, bench_serve, synthetic_request
 from widedeep.serve.scorer import Scorer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_synthetic_request_is_valid_and_splits_context_from_candidates(tiny_model: Path):
@@ -35,14 +31,3 @@ def test_in_process_table(tiny_model: Path):
     assert set(r.in_process) == {(12, 1), (6, 2)} and not r.http
     table = r.markdown()
     assert "| 12 x 1 | - |" in table and "| 6 x 2 | - |" in table and "Bare network forward" in table
-
-
-@pytest.mark.parametrize("flags", [[], ["--int8"]])
-def test_benchmark_script_smoke(flags: list[str]):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--smoke", *flags], capture_output=True,
-                         text=True, timeout=300, env=env, cwd=ROOT)  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert ("hybrid int8 backend" in out.stdout) == bool(flags)
-    assert "| sub-batch x threads | paper (client-side) | in-process | in-process CPU | over HTTP (client-side) |" in out.stdout
-    assert "| 10 x 2 | - |" in out.stdout and "requests/s" in out.stdout

@@ -1,17 +1,11 @@
-"""The Criteo-like generator, and the prepare benchmark at smoke size (so the script cannot rot)."""
+"""The Criteo-like generator: deterministic, the benchmark schema, a Zipf head and a real signal."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 
 from widedeep.datasets.criteo_like import criteo_like, criteo_like_config
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_criteo_like_schema_and_signal() -> None:
@@ -33,12 +27,3 @@ def test_criteo_like_schema_and_signal() -> None:
     assert len(r) >= 5 and z2.mean() > 3
     cfg = criteo_like_config("train.parquet", "eval.parquet", "run")
     assert len(cfg.features) == 39 and [c.name for c in cfg.crosses] == ["C1_x_C2", "C3_x_C4"]
-
-
-def test_prepare_benchmark_smoke() -> None:
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "prepare.py"), "--smoke", "--only", "b"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    assert "(b) criteo-like: 20,000 train + 2,000 eval rows in" in out.stdout and "peak RSS" in out.stdout

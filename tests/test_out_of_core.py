@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +10,6 @@ import pytest
 from widedeep.features.encoded import Encoded
 from widedeep.features.shards import open_split, write_shard
 from widedeep.train.data import ShardLoader
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rss_file_kb() -> int:
@@ -55,14 +51,3 @@ def test_an_epoch_keeps_about_one_shard_resident(shards: tuple[Path, int], shuff
     assert rows == 240_000
     # Without releasing pages, an epoch leaves all 6 shards (~6 * shard_kb) resident in this process.
     assert grown < 2.5 * shard_kb, f"RssFile grew by {grown} KiB over an epoch; one shard is {shard_kb} KiB"
-
-
-def test_out_of_core_benchmark_smoke(tmp_path: Path) -> None:
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "out_of_core.py"), "--smoke", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    lines = [line for line in r.stdout.splitlines() if "rows |" in line]
-    assert len(lines) == 2 and all("peak RSS" in line for line in lines), r.stdout
-    assert "prepare: peak RSS max" in r.stdout and "train: peak RSS max" in r.stdout
