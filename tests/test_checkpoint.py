@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from widedeep.atomic import remove_stale
+from widedeep.optim.state import OptimizerStateError, load_optimizer_tensors, optimizer_tensors
 from widedeep.train.checkpoint import (
     CheckpointError,
     LoopState,
     latest_checkpoint,
     list_checkpoints,
-    load_optimizer_tensors,
-    optimizer_tensors,
     read_checkpoint,
     restore,
     save_checkpoint,
@@ -88,13 +90,13 @@ def test_python_number_state_roundtrips_as_number() -> None:
 )
 def test_load_optimizer_tensors_rejects_bad_keys(key: str, message: str) -> None:
     model, opts = make()
-    with pytest.raises(CheckpointError, match=message):
+    with pytest.raises(OptimizerStateError, match=message):
         load_optimizer_tensors(opts, model, {key: torch.zeros(1)})
 
 
 def test_load_optimizer_tensors_rejects_wrong_shape() -> None:
     model, opts = make()
-    with pytest.raises(CheckpointError, match="shape"):
+    with pytest.raises(OptimizerStateError, match="shape"):
         load_optimizer_tensors(opts, model, {"deep/mlp.weight::sum": torch.zeros(3, 3)})
 
 
@@ -105,7 +107,7 @@ def test_save_read_restore_and_keep_last_two(tmp_path) -> None:
         steps(model, opts, step - 2, 2)
         save_checkpoint(ckpt_dir, model, opts, LoopState(step=step, epoch=0, batch=step), "fp-1")
     assert [p.name for p in list_checkpoints(ckpt_dir)] == ["step-000000004", "step-000000006"]
-    assert not any(p.name.startswith(".tmp") for p in ckpt_dir.iterdir())
+    assert not any(p.name.startswith(".") for p in ckpt_dir.iterdir())  # no temporary folder left behind
 
     ckpt = read_checkpoint(latest_checkpoint(ckpt_dir))
     assert ckpt.state.step == 6 and ckpt.state.batch == 6 and ckpt.fingerprint == "fp-1"
@@ -117,12 +119,25 @@ def test_save_read_restore_and_keep_last_two(tmp_path) -> None:
         assert torch.equal(a, b)
 
 
-def test_interrupted_write_is_ignored(tmp_path) -> None:
+KILLED_MID_WRITE = """
+import os, sys, torch
+import widedeep.train.checkpoint as ckpt
+ckpt.save_file = lambda *args, **kwargs: os._exit(3)  # the process dies while writing the tensor files
+ckpt.save_checkpoint(sys.argv[1], torch.nn.Linear(2, 1), {}, ckpt.LoopState(step=2), "fp")
+"""
+
+
+def test_a_write_killed_midway_is_ignored_and_removed_by_remove_stale(tmp_path) -> None:
     model, opts = make()
     save_checkpoint(tmp_path, model, opts, LoopState(step=1), "fp")
-    (tmp_path / ".tmp-step-000000002-123").mkdir()
+    r = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3, r.stderr
+    (left,) = [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert left.name.startswith(".step-000000002.tmp-")  # a `widedeep.atomic` temporary name, with the writer's pid
     assert latest_checkpoint(tmp_path).name == "step-000000001"
     assert latest_checkpoint(tmp_path / "none") is None
+    assert remove_stale(tmp_path) == [left]  # its process is gone
+    assert [p.name for p in tmp_path.iterdir()] == ["step-000000001"]
 
 
 def test_truncated_or_tampered_checkpoint_is_refused(tmp_path) -> None:
@@ -155,3 +170,12 @@ def test_restore_into_a_different_model_is_refused(tmp_path) -> None:
     other = torch.nn.Linear(4, 1)
     with pytest.raises(CheckpointError, match="does not fit this model"):
         restore(read_checkpoint(path), other, {})
+
+
+def test_restore_with_optimizer_state_that_does_not_fit_is_refused(tmp_path) -> None:
+    model, opts = make()
+    steps(model, opts, 0, 1)
+    path = save_checkpoint(tmp_path, model, opts, LoopState(step=1), "fp")
+    fresh, fresh_opts = make()
+    with pytest.raises(CheckpointError, match=r"optimizer\.safetensors does not fit these optimizers.*unknown optimizer group"):
+        restore(read_checkpoint(path), fresh, {"deep": fresh_opts["deep"]})

@@ -71,7 +71,7 @@ def _rows(model, slot: str) -> dict[str, tuple[int, int]]:
 
 def test_kept_tokens_keep_their_rows_and_optimizer_state(days: tuple[Path, Path, Path]) -> None:
     from widedeep.artifact import Model
-    from widedeep.train.checkpoint import optimizer_tensors
+    from widedeep.optim.state import optimizer_tensors
     from widedeep.train.warm_start import warm_start
 
     prev_dir, _, cfg2 = days

@@ -19,6 +19,7 @@ import torch
 
 from widedeep.artifact import OPTIMIZER_FILE, Model, load_tensors, verify_file
 from widedeep.model.tables import SlotRows
+from widedeep.optim.state import load_optimizer_tensors, optimizer_tensors
 
 RESERVED = 3  # ids 0 padding, 1 missing, 2 out of vocabulary
 
@@ -156,8 +157,6 @@ def _warm_optimizers(
     tables: set[str],
 ) -> dict[str, Any]:
     """Carry FTRL z/n, AdaGrad sums and Adam moments over with the same row remap as the weights."""
-    from widedeep.train.checkpoint import load_optimizer_tensors, optimizer_tensors
-
     record = prev_meta["files"].get(OPTIMIZER_FILE)
     if record is None:
         return {"copied": [], "skipped": [], "note": f"{prev_dir} has no {OPTIMIZER_FILE}; optimizer state starts fresh"}
