@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -92,7 +93,7 @@ def test_truncated_weights_are_refused(model_copy: Path) -> None:
 
 def test_truncated_weights_with_matching_checksum_still_fail_clearly(model_copy: Path) -> None:
     """Even if model.json were rewritten to match, a truncated safetensors file is reported, not half-loaded."""
-    from widedeep.artifact import sha256_file
+    from widedeep.atomic import sha256_file
 
     w = model_copy / "model.safetensors"
     w.write_bytes(w.read_bytes()[:100])
@@ -167,3 +168,41 @@ def test_loading_never_imports_training_code(tiny_model: Path) -> None:
     )
     r = subprocess.run([sys.executable, "-c", code, str(tiny_model)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_symbolic_link_in_a_model_directory_is_refused(model_copy: Path) -> None:
+    (model_copy / "passwd").symlink_to("/etc/passwd")
+    with pytest.raises(ArtifactError, match=r"passwd: a symbolic link"):
+        Model.load(model_copy)
+
+
+def test_listed_file_that_is_a_symbolic_link_is_refused(model_copy: Path, tmp_path: Path) -> None:
+    """Even with the right bytes behind it: a model directory is read as regular files only."""
+    elsewhere = tmp_path / "weights.safetensors"
+    shutil.move(model_copy / "model.safetensors", elsewhere)
+    (model_copy / "model.safetensors").symlink_to(elsewhere)
+    with pytest.raises(ArtifactError, match=r"model\.safetensors: a symbolic link"):
+        Model.load(model_copy)
+
+
+@pytest.mark.parametrize("name", ["notes.txt", ".hidden", "model.onnx.bak"])
+def test_file_not_listed_in_model_json_is_refused(model_copy: Path, name: str) -> None:
+    (model_copy / name).write_text("x")
+    with pytest.raises(ArtifactError, match=rf"{re.escape(name)}: not listed in model\.json"):
+        Model.load(model_copy)
+
+
+def test_folder_in_a_model_directory_is_refused(model_copy: Path) -> None:
+    (model_copy / "extra").mkdir()
+    with pytest.raises(ArtifactError, match=r"extra: not listed in model\.json"):
+        Model.load(model_copy)
+
+
+def test_onnx_export_files_may_sit_beside_the_listed_files(model_copy: Path) -> None:
+    from widedeep.artifact import EXPORT_FILES
+    from widedeep.serve.onnx import ONNX_FILE, SIDECAR_FILE
+
+    assert {ONNX_FILE, SIDECAR_FILE} <= set(EXPORT_FILES)
+    for name in EXPORT_FILES:  # what `widedeep export --onnx` adds; onnx.json carries their checksums
+        (model_copy / name).write_bytes(b"x")
+    Model.load(model_copy)

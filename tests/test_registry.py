@@ -141,3 +141,72 @@ def test_cli_promote(models: dict[str, Path], holdout: Path, tmp_path: Path, cap
     assert (root / "CURRENT").read_bytes() == pointer
     assert main(["promote", "no-such-version", "--registry", str(root), "--data", str(holdout)]) == 2
     assert Registry(root).current_version() == "good"
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_force_never_promotes_a_version_that_fails_its_checksum(
+    models: dict[str, Path], holdout: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`force` overrides the quality checks, never the integrity ones: CURRENT stays, the CLI exits non-zero."""
+    root = tmp_path / "reg"
+    reg = Registry(root, create=True)
+    table = pq.read_table(holdout)
+    assert reg.promote(models["better"], data=table, name="good").passed
+    reg.add(models["worse"], name="tampered")
+    _flip_a_byte(reg.path("tampered") / "model.safetensors")
+    pointer = (root / "CURRENT").read_bytes()
+    with pytest.raises(RegistryError, match=r"tampered.*model\.safetensors: checksum mismatch"):
+        reg.promote("tampered", data=table, force=True)
+    assert (root / "CURRENT").read_bytes() == pointer
+    last = reg.history()[-1]
+    assert last["event"] == "refused" and last["version"] is None and last["forced"] is False
+
+    assert main(["promote", "tampered", "--registry", str(root), "--data", str(holdout), "--force"]) == 2
+    captured = capsys.readouterr()
+    assert "checksum mismatch" in captured.err and "promoted:" not in captured.out
+    assert (root / "CURRENT").read_bytes() == pointer
+
+    outside = Path(shutil.copytree(models["worse"], tmp_path / "outside"))
+    _flip_a_byte(outside / "features.json")
+    with pytest.raises(RegistryError, match=r"features\.json"):
+        reg.promote(outside, data=table, force=True)
+    assert (root / "CURRENT").read_bytes() == pointer and reg.versions() == ["good", "tampered"]
+
+
+@pytest.mark.parametrize("extra", ["passwd", "notes.txt"])
+def test_promote_refuses_links_and_files_model_json_does_not_list(
+    models: dict[str, Path], holdout: Path, tmp_path: Path, extra: str
+) -> None:
+    reg = Registry(tmp_path / "reg", create=True)
+    table = pq.read_table(holdout)
+    src = Path(shutil.copytree(models["better"], tmp_path / "model"))
+    if extra == "passwd":
+        (src / extra).symlink_to("/etc/passwd")
+    else:
+        (src / extra).write_text("not part of the model")
+    report = reg.promote(src, data=table)
+    assert not report.passed and report.checks[0].name == "load" and extra in report.checks[0].detail
+    with pytest.raises(RegistryError, match=re.escape(extra)):
+        reg.promote(src, data=table, force=True)
+    with pytest.raises(ValueError, match=re.escape(extra)):
+        reg.add(src)
+    assert reg.versions() == [] and reg.current_version() is None
+    assert not list((reg.root / "versions").iterdir())  # nothing copied, no temp folder left
+
+
+def test_add_copies_the_listed_files_and_an_onnx_export_only(models: dict[str, Path], tmp_path: Path) -> None:
+    from widedeep.artifact import EXPORT_FILES
+
+    src = Path(shutil.copytree(models["better"], tmp_path / "model"))
+    for name in EXPORT_FILES[:2]:  # model.onnx and onnx.json (onnx.json carries the checksums OnnxNetwork verifies)
+        (src / name).write_bytes(b"export")
+    reg = Registry(tmp_path / "reg", create=True)
+    version = reg.path(reg.add(src, name="v"))
+    listed = set(json.loads((src / "model.json").read_text())["files"])
+    assert {p.name for p in version.iterdir()} == listed | {"model.json", *EXPORT_FILES[:2]}
+    assert all(p.is_file() and not p.is_symlink() for p in version.iterdir())

@@ -6,28 +6,22 @@ imports only `widedeep.features` and `widedeep.model`, so serving never pulls in
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import platform
-import shutil
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 import widedeep
-from widedeep.atomic import fsync_path as _fsync
-from widedeep.atomic import ordinary_permissions
-from widedeep.atomic import write_text_synced as _write_text
+from widedeep.atomic import publish_dir, publish_file, sha256_file
 from widedeep.batch import Batch
 from widedeep.config import Config, from_dict, to_dict
 from widedeep.features.encoded import Encoded
-from widedeep.metrics import binary_metrics
+from widedeep.metrics import binary_metrics, json_safe, sigmoid
 
 if TYPE_CHECKING:
     from widedeep.features.transform import FeatureSet
@@ -38,6 +32,11 @@ FEATURES_FILE = "features.json"
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
+# What `widedeep export --onnx` (widedeep.serve.onnx) adds beside the listed files; onnx.json holds their checksums.
+ONNX_FILE = "model.onnx"
+ONNX_SIDECAR_FILE = "onnx.json"
+ONNX_DATA_FILE = ONNX_FILE + ".data"  # the exporter's external weights, for graphs over 2 GB
+EXPORT_FILES = (ONNX_FILE, ONNX_SIDECAR_FILE, ONNX_DATA_FILE)
 PREDICT_BATCH = 8192  # rows per forward pass when scoring big inputs
 
 
@@ -57,18 +56,16 @@ def save_model(
     metrics: dict[str, Any],
     optimizers: dict[str, torch.optim.Optimizer] | None = None,
 ) -> Path:
-    """Write a complete model directory atomically (temp dir, then rename over any previous one); returns its path."""
+    """Write a complete model directory atomically (`publish_dir`: an existing one is replaced); returns its path."""
     target = Path(model_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with publish_dir(target) as tmp:
         fs.save(tmp / FEATURES_FILE)
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         _save_tensors(state, tmp / WEIGHTS_FILE, {"format_version": str(FORMAT_VERSION)})
         files = [FEATURES_FILE, WEIGHTS_FILE]
         if optimizers:
-            # Imported here so that loading a model never imports training code.
-            from widedeep.train.checkpoint import optimizer_tensors
+            # Imported here so that loading a model never imports optimizer code.
+            from widedeep.optim.state import optimizer_tensors
 
             _save_tensors(optimizer_tensors(optimizers, model), tmp / OPTIMIZER_FILE)
             files.append(OPTIMIZER_FILE)
@@ -76,24 +73,14 @@ def save_model(
             "format_version": FORMAT_VERSION,
             "architecture": model.architecture() if hasattr(model, "architecture") else {},
             "config": to_dict(cfg),
-            "metrics": _json_safe(metrics),
-            "fingerprint": _fingerprint(fs),
+            "metrics": json_safe(metrics),
+            "fingerprint": fs.fingerprint or None,
             "versions": library_versions(),
             "files": {name: _file_record(tmp / name) for name in files},
         }
-        _write_text(tmp / META_FILE, json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n")
-        ordinary_permissions(tmp)
-        _replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        (tmp / META_FILE).write_text(text, encoding="utf-8")
     return target
-
-
-def _fingerprint(fs: Any) -> str | None:
-    """The prepare fingerprint (feature config + input files) that the FeatureSet records, if any."""
-    info = getattr(fs, "info_", None) or {}
-    return info.get("fingerprint") or getattr(fs, "fingerprint", None)
 
 
 def library_versions() -> dict[str, str]:
@@ -109,11 +96,6 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _file_record(path: Path) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
@@ -123,36 +105,6 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[s
 
     # Sparse gradients/optimizer states never reach here: state_dict and optimizer_tensors hold dense tensors.
     save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
-    _fsync(path)
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Rename `tmp` to `target`; an existing `target` is moved aside first and removed only after the swap."""
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.rmdir(old)
-    os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _json_safe(obj: Any) -> Any:
-    """Metrics may hold NaN (AUC on one class); JSON has no NaN, so store null."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -160,10 +112,18 @@ def _json_safe(obj: Any) -> Any:
 
 
 def read_meta(model_dir: Path | str) -> dict[str, Any]:
-    """Read and verify model.json and the checksums of every file it lists (no tensors are loaded)."""
+    """Read and verify model.json and the checksums of every file it lists (no tensors are loaded).
+
+    The directory must hold regular files only, and only those model.json lists, model.json itself and an ONNX export
+    (`EXPORT_FILES`): a symbolic link or a stray file is refused, so nothing else is ever read, served or copied with it.
+    """
     root = Path(model_dir)
     if not root.is_dir():
         raise ArtifactError(f"{root}: model directory not found")
+    entries = {e.name: e for e in os.scandir(root)}
+    for name in sorted(entries):
+        if entries[name].is_symlink():
+            raise ArtifactError(f"{root / name}: a symbolic link; a model directory holds regular files only")
     meta_path = root / META_FILE
     if not meta_path.is_file():
         raise ArtifactError(f"{meta_path}: missing {META_FILE}; not a model directory")
@@ -182,12 +142,25 @@ def read_meta(model_dir: Path | str) -> dict[str, Any]:
     for name, record in meta["files"].items():
         if name not in (FEATURES_FILE, WEIGHTS_FILE, OPTIMIZER_FILE) or not isinstance(record, dict):
             raise ArtifactError(f"{meta_path}: unexpected entry {name!r} in 'files'")
+    allowed = {*meta["files"], META_FILE, *EXPORT_FILES}
+    for name in sorted(entries):
+        if name not in allowed or not entries[name].is_file(follow_symlinks=False):
+            raise ArtifactError(f"{root / name}: not listed in {META_FILE}; a model directory holds only the files it lists")
+    for name, record in meta["files"].items():
         verify_file(root / name, record)
     return meta
 
 
+def model_files(model_dir: Path | str, meta: Mapping[str, Any]) -> list[str]:
+    """The files that make up a verified model directory: those model.json lists, model.json, and any ONNX export."""
+    root = Path(model_dir)
+    return [*meta["files"], META_FILE, *(name for name in EXPORT_FILES if (root / name).is_file())]
+
+
 def verify_file(path: Path, record: dict[str, Any]) -> None:
-    """Raise ArtifactError unless `path` exists with the recorded size and sha256."""
+    """Raise ArtifactError unless `path` is a regular file (not a link) with the recorded size and sha256."""
+    if path.is_symlink():
+        raise ArtifactError(f"{path}: a symbolic link; a model directory holds regular files only")
     if not path.is_file():
         raise ArtifactError(f"{path}: missing file (listed in {META_FILE})")
     size = path.stat().st_size
@@ -259,17 +232,17 @@ class Model:
 
     def predict(self, data: Any) -> np.ndarray:
         """P(label = 1) (N,) float32 for a pyarrow Table, pandas DataFrame or list of dicts."""
-        return _sigmoid(self.predict_logits(data))
+        return sigmoid(self.predict_logits(data))
 
     def evaluate(self, data: str | Path | Any) -> dict[str, float]:
         """AUC, logloss and calibration on a file/glob/directory or an in-memory table that holds the label column."""
         labels, probs = [], []
-        for table in self._iter(data, need_label=True):
+        for table in iter_tables(data, [*self.features.input_columns, self.label], types=self.features.read_types()):
             enc = self.features.transform(table)
             if enc.label is None:
                 raise ValueError(f"label column {self.label!r} not found in the data (columns: {table.column_names})")
             labels.append(np.asarray(enc.label))
-            probs.append(_sigmoid(self._encoded_logits(enc)))
+            probs.append(sigmoid(self._encoded_logits(enc)))
         if not labels:
             raise ValueError(f"{data}: no rows to evaluate")
         return binary_metrics(np.concatenate(labels), np.concatenate(probs))
@@ -279,32 +252,23 @@ class Model:
         import pyarrow.parquet as pq
 
         out = Path(out_path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        writer = None
-        try:
-            for batch in self._iter(data_path):
-                cols = {"prediction": pa.array(_sigmoid(self._logits(batch)), pa.float32())}
-                if self.label in batch.column_names:
-                    cols[self.label] = batch.column(self.label)
-                part = pa.table(cols)
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, part.schema)
-                writer.write_table(part)
+        batches = iter_tables(data_path, self.features.input_columns, optional=[self.label], types=self.features.read_types())
+        with publish_file(out) as tmp:
+            writer = None
+            try:
+                for batch in batches:
+                    cols = {"prediction": pa.array(sigmoid(self._logits(batch)), pa.float32())}
+                    if self.label in batch.column_names:
+                        cols[self.label] = batch.column(self.label)
+                    part = pa.table(cols)
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, part.schema)
+                    writer.write_table(part)
+            finally:
+                if writer is not None:
+                    writer.close()
             if writer is None:
                 raise ValueError(f"{data_path}: no rows to predict")
-            writer.close()
-            writer = None
-            _fsync(tmp)
-            ordinary_permissions(tmp)
-            os.replace(tmp, out)
-        except BaseException:
-            if writer is not None:
-                writer.close()
-            tmp.unlink(missing_ok=True)
-            raise
         return out
 
     # -- internals ------------------------------------------------------------------------------------------------
@@ -317,23 +281,29 @@ class Model:
         batch = Batch.from_encoded(enc).to(self.device)
         return self.module(batch).float().cpu().numpy().reshape(-1)
 
-    def _iter(self, data: Any, need_label: bool = False) -> Iterator[pa.Table]:
-        """Tables of at most PREDICT_BATCH rows from a file/glob/directory (streamed) or an in-memory table."""
-        if isinstance(data, (str, Path)):
-            from widedeep.features.io import iter_batches, resolve_paths, schema
 
-            paths = resolve_paths(str(data), Path.cwd())
-            columns = list(self.features.input_columns)
-            if need_label or self.label in schema(paths[0]).names:
-                columns.append(self.label)
-                if self.label not in schema(paths[0]).names:
-                    raise ValueError(f"{paths[0]}: label column {self.label!r} not found in the data")
-            for rb in iter_batches(paths, columns=columns, batch_rows=PREDICT_BATCH):
-                yield pa.Table.from_batches([rb])
-            return
-        table = to_table(data)
-        for i in range(0, table.num_rows, PREDICT_BATCH):
-            yield table.slice(i, PREDICT_BATCH)
+def iter_tables(
+    data: Any,
+    columns: Sequence[str],
+    *,
+    optional: Sequence[str] = (),
+    types: Mapping[str, pa.DataType] | None = None,
+) -> Iterator[pa.Table]:
+    """Tables of at most PREDICT_BATCH rows. A file, glob or directory is streamed, reading `columns` (each must be
+    there) and those of `optional` that its first file has; `types` fixes CSV column types (`FeatureSet.read_types`).
+    An in-memory table (pyarrow, pandas, list of dicts) is sliced, all its columns kept."""
+    if isinstance(data, (str, Path)):
+        from widedeep.features.io import iter_batches, resolve_paths, schema
+
+        paths = resolve_paths(str(data), Path.cwd())
+        present = set(schema(paths[0]).names)
+        names = list(dict.fromkeys([*columns, *(c for c in optional if c in present)]))
+        for rb in iter_batches(paths, columns=names, batch_rows=PREDICT_BATCH, types=types):
+            yield pa.Table.from_batches([rb])
+        return
+    table = to_table(data)
+    for i in range(0, table.num_rows, PREDICT_BATCH):
+        yield table.slice(i, PREDICT_BATCH)
 
 
 def to_table(data: Any) -> pa.Table:
@@ -347,7 +317,3 @@ def to_table(data: Any) -> pa.Table:
     if type(data).__module__.startswith("pandas"):
         return pa.Table.from_pandas(data, preserve_index=False)
     raise TypeError(f"cannot score data of type {type(data).__name__}; pass a pyarrow Table, pandas DataFrame or list of dicts")
-
-
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)

@@ -8,13 +8,14 @@ Source and licence: `data/ATTRIBUTION.md` (Becker & Kohavi 1996, CC BY 4.0).
 
 from __future__ import annotations
 
-import os
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from widedeep.atomic import publish_file
 
 LABEL = "income_50k"
 ROWS = 48_842
@@ -54,7 +55,6 @@ def adult_split(out_dir: str | Path, seed: int = 0, test_fraction: float = 0.2) 
     train_rows, test_rows = stratified_split(table[LABEL].to_numpy(), test_fraction, seed)
     paths = (out / "train.parquet", out / "test.parquet")
     for path, rows in zip(paths, (train_rows, test_rows)):
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table.take(pa.array(rows)), tmp, compression="zstd")
-        os.replace(tmp, path)
+        with publish_file(path) as tmp:
+            pq.write_table(table.take(pa.array(rows)), tmp, compression="zstd")
     return paths

@@ -32,7 +32,6 @@ developer, price and rating.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -43,6 +42,8 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from widedeep.atomic import publish_file
 
 N_APPS, N_USERS, N_DEVELOPERS, TASTE_DIM = 1_000, 50_000, 150, 6
 N_PAIRS, PAIR_POOL = 4_000, 300
@@ -338,14 +339,10 @@ def write_app_store(
 
 @contextmanager
 def _atomic_writer(path: Path) -> Iterator[pq.ParquetWriter]:
-    """A Parquet writer to a temp name that becomes `path` only when the block exits cleanly."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    writer = pq.ParquetWriter(tmp, SCHEMA, compression="zstd")
-    try:
-        yield writer
-        writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    """A Parquet writer whose file becomes `path` only when the block exits cleanly (`widedeep.atomic.publish_file`)."""
+    with publish_file(path) as tmp:
+        writer = pq.ParquetWriter(tmp, SCHEMA, compression="zstd")
+        try:
+            yield writer
+        finally:
+            writer.close()

@@ -10,9 +10,7 @@ unknown categorical values are not errors (they get the OOV id).
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from widedeep.atomic import ordinary_permissions
+from widedeep.atomic import write_text_atomic
 from widedeep.config import Config, CrossSpec, FeatureSpec
 from widedeep.features import columns as C
 from widedeep.features.columns import FeatureError
@@ -438,18 +436,9 @@ class FeatureSet:
         return fs
 
     def save(self, path: str | Path) -> Path:
-        """Write features.json atomically (temp file, then rename)."""
+        """Write features.json atomically (`widedeep.atomic.write_text_atomic`)."""
         path = Path(path)
-        text = _dumps(self.to_dict())
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            ordinary_permissions(Path(tmp))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(path, _dumps(self.to_dict()))
         return path
 
     @classmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
+import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -21,16 +21,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from widedeep.artifact import META_FILE, WEIGHTS_FILE, ArtifactError, Model, sha256_file
-from widedeep.atomic import fsync_path as _fsync
+from widedeep.artifact import META_FILE, ONNX_FILE, WEIGHTS_FILE, ArtifactError, Model
+from widedeep.artifact import ONNX_SIDECAR_FILE as SIDECAR_FILE
+from widedeep.atomic import publish_file, sha256_file, temp_path, write_text_atomic
 from widedeep.batch import pad_ragged
 from widedeep.features.encoded import Encoded
 
 if TYPE_CHECKING:
     from widedeep.model.wide_deep import FeatureLayout
 
-ONNX_FILE = "model.onnx"
-SIDECAR_FILE = "onnx.json"
 ONNX_FORMAT_VERSION = 1
 EXPORT_TOLERANCE = 1e-4  # max |logit difference| between torch and onnxruntime accepted at export time
 
@@ -95,9 +94,12 @@ def export_network(module: torch.nn.Module, layout: FeatureLayout, out: Path | s
         dynamic_shapes += (tuple({0: batch, 1: torch.export.Dim(f"len_{i}")} for i in range(len(slots))),)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    # The exporter names a graph's external weight file (graphs over 2 GB) after the graph and records that name in it:
+    # the graph is written under its final name in a scratch folder (a `widedeep.atomic` temporary name), then published.
+    scratch = temp_path(out)
+    scratch.mkdir()
     try:
-        tmp = tmp_dir / out.name
+        graph = scratch / out.name
         with warnings.catch_warnings(), quiet_logger("torch.onnx"):
             warnings.simplefilter("ignore")  # the exporter warns about its own internals (tree specs, axis renames)
             program = torch.onnx.export(
@@ -109,36 +111,29 @@ def export_network(module: torch.nn.Module, layout: FeatureLayout, out: Path | s
                 dynamic_shapes=dynamic_shapes,
                 verbose=False,
             )
-            program.save(str(tmp))
-        _fsync(tmp)
-        diff = _parity(module, layout, tmp)
+            program.save(str(graph))
+        diff = _parity(module, layout, graph)
         if not diff <= EXPORT_TOLERANCE:
             raise ArtifactError(f"{out}: onnxruntime logits differ from torch by {diff:.3g} (> {EXPORT_TOLERANCE}); not written")
         side = {
             "format_version": ONNX_FORMAT_VERSION,
             "onnx_file": out.name,
-            "onnx_sha256": sha256_file(tmp),
+            "onnx_sha256": sha256_file(graph),
             "weights_sha256": weights_sha256,
             "inputs": {"ids": list(layout.id_slots), "dense": list(layout.dense_names), "lists": slots},
             "output": "logits",
-            "opset": int(_opset(tmp)),
+            "opset": int(_opset(graph)),
             "torch": torch.__version__,
             "export_max_abs_logit_diff": float(diff),
         }
-        side_tmp = tmp_dir / "sidecar.json"
-        side_tmp.write_text(json.dumps(side, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        _fsync(side_tmp)
-        # External weight files (graphs over 2 GB) first, then the graph, then the sidecar: a reader that finds a new
-        # model.onnx with an old sidecar fails the checksum and says so.
-        for extra in tmp_dir.iterdir():
-            if extra not in (tmp, side_tmp):
-                os.replace(extra, out.parent / extra.name)
-        os.replace(tmp, out)
-        os.replace(side_tmp, sidecar_path(out))
+        # External weight files first, then the graph, then the sidecar: a reader that finds a new model.onnx with an
+        # old sidecar fails the checksum and says so.
+        for file in sorted(scratch.iterdir(), key=lambda f: f == graph):
+            with publish_file(out.parent / file.name) as tmp:
+                os.replace(file, tmp)
+        write_text_atomic(sidecar_path(out), json.dumps(side, indent=2, sort_keys=True) + "\n")
     finally:
-        for p in tmp_dir.iterdir():
-            p.unlink()
-        tmp_dir.rmdir()
+        shutil.rmtree(scratch, ignore_errors=True)
     return out
 
 

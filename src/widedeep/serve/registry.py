@@ -3,12 +3,14 @@
 Layout::
 
     ROOT/versions/<version>/   model directories (version = UTC timestamp + weights sha prefix, or a given name)
-    ROOT/CURRENT               {"version": ..., "promoted_at": ...}; replaced with a temp file + os.replace
+    ROOT/CURRENT               {"version": ..., "promoted_at": ...}; replaced atomically (`widedeep.atomic`)
     ROOT/history.jsonl         one line per promotion attempt, with its validation report
 
 `promote` runs the dry run and the comparison against the current version (`widedeep.serve.validate`) and only then moves
-the pointer. A server polls `current_version()` (one small file read) and loads `current()` when it changes; since
-versions never change once added, it never sees a half-written model.
+the pointer; `force` overrides a failed comparison or sanity check, never a model that fails to load or verify. A server
+polls `current_version()` (one small file read) and loads `current()` when it changes; since versions never change once
+added, it never sees a half-written model. A version holds copies of the files its model.json lists (and an ONNX export),
+never a symbolic link or any other file.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import os
 import re
 import shutil
-import tempfile
+import stat
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,10 +28,9 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from widedeep.artifact import WEIGHTS_FILE, read_meta
-from widedeep.atomic import fsync_path as _fsync
-from widedeep.atomic import ordinary_permissions
-from widedeep.serve.validate import AUC_TOLERANCE, LOGLOSS_TOLERANCE, ValidationReport, validate
+from widedeep.artifact import WEIGHTS_FILE, model_files, read_meta
+from widedeep.atomic import publish_dir, remove_stale, write_text_atomic
+from widedeep.serve.validate import AUC_TOLERANCE, LOGLOSS_TOLERANCE, INTEGRITY_CHECKS, ValidationReport, validate
 
 __all__ = ["Registry", "RegistryError", "ValidationReport", "is_registry", "validate"]
 
@@ -105,12 +106,14 @@ class Registry:
     # -- writing ----------------------------------------------------------------------------------------------------
 
     def add(self, model_dir: Path | str, name: str | None = None) -> str:
-        """Copy a model directory in as a new version (temp folder, then rename); returns the version name.
+        """Copy a model directory in as a new version (`publish_dir`); returns the version name.
 
-        Without a name, a model whose weights are already in the registry is not copied twice: its version is returned.
+        Only the files model.json lists, model.json and an ONNX export are copied, as regular files (a link is refused,
+        not followed). Without a name, a model whose weights are already in the registry is not copied twice: its
+        version is returned.
         """
         src = Path(model_dir)
-        meta = read_meta(src)  # verifies every checksum before anything is copied
+        meta = read_meta(src)  # verifies every checksum, and refuses links and stray files, before anything is copied
         sha = meta["files"][WEIGHTS_FILE]["sha256"]
         if name is None:
             for v in self.versions():
@@ -122,19 +125,11 @@ class Registry:
         target = self.root / VERSIONS / name
         if target.exists():
             raise RegistryError(f"{target}: version {name!r} already exists; versions are immutable, choose another name")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=self.root / VERSIONS))
-        try:
-            shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
-            for f in tmp.rglob("*"):
-                if f.is_file():
-                    _fsync(f)
+        remove_stale(target.parent)  # what an interrupted copy left behind
+        with publish_dir(target, replace=False) as tmp:
+            for file in model_files(src, meta):
+                _copy_regular_file(src / file, tmp / file)
             read_meta(tmp)  # the copy is what will be served: verify it, not only the source
-            ordinary_permissions(tmp)
-            os.rename(tmp, target)  # fails rather than merges if `target` appeared meanwhile
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        _fsync(target.parent)
         return name
 
     def promote(
@@ -150,14 +145,16 @@ class Registry:
         """Validate a version (or a model directory, added first) against the current one and switch CURRENT if it passes.
 
         The first promotion has nothing to compare with and runs the dry run only. A failing model leaves the pointer
-        unchanged unless `force`. Every attempt is appended to history.jsonl with its report.
+        unchanged unless `force`, which never overrides a failure to load or verify (`INTEGRITY_CHECKS`): forcing such
+        a model raises RegistryError. Every attempt is appended to history.jsonl with its report.
         """
         with self._lock():
             src = self._resolve(version_or_model_dir)
             previous = self.current_version()
             against = self.path(previous) if previous is not None else None
             report = validate(src, against, data, auc_tolerance=auc_tolerance, logloss_tolerance=logloss_tolerance)
-            promoted = report.passed or force
+            broken = [c for c in report.checks if c.name in INTEGRITY_CHECKS and not c.passed]
+            promoted = report.passed or (force and not broken)
             version = None
             if promoted:
                 in_registry = src.resolve().parent == (self.root / VERSIONS).resolve()
@@ -170,10 +167,12 @@ class Registry:
                     "version": version,
                     "source": str(src),
                     "previous": previous,
-                    "forced": bool(force and not report.passed),
+                    "forced": promoted and not report.passed,
                     "report": report.to_dict(),
                 }
             )
+        if force and broken:  # force overrides quality checks, never integrity: say so rather than report a refusal
+            raise RegistryError(f"{src}: not promoted, even with force: {broken[0].detail}")
         return report
 
     def _resolve(self, version_or_model_dir: str | Path) -> Path:
@@ -189,18 +188,7 @@ class Registry:
     def _point_to(self, version: str) -> None:
         self.path(version)  # refuse to point at a version that is not there
         body = json.dumps({"version": version, "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{CURRENT}.tmp-", dir=self.root)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            ordinary_permissions(Path(tmp))
-            os.replace(tmp, self.root / CURRENT)  # readers see the old pointer or the new one, never a partial file
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync(self.root)
+        write_text_atomic(self.root / CURRENT, body)  # readers see the old pointer or the new one, never a partial file
 
     def _log(self, record: dict[str, Any]) -> None:
         with open(self.root / HISTORY, "a", encoding="utf-8") as f:
@@ -222,6 +210,19 @@ class Registry:
 def is_registry(path: Path | str) -> bool:
     """True if `path` is a registry root (it has a versions/ folder)."""
     return Registry.is_registry(path)
+
+
+def _copy_regular_file(src: Path, dst: Path) -> None:
+    """Copy the bytes of `src`, which must be a regular file: a symbolic link is refused, never followed."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise RegistryError(f"{src}: not copied into the registry ({e.strerror}; links are never followed)") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise RegistryError(f"{src}: not a regular file; not copied into the registry")
+        with open(dst, "xb") as out:
+            shutil.copyfileobj(f, out, 1 << 20)
 
 
 def _weights_sha(model_dir: Path) -> str | None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence, get_args
 import numpy as np
 
 from widedeep.batch import pad_ragged
+from widedeep.metrics import sigmoid
 from widedeep.serve.errors import RequestError, locate
 from widedeep.serve.network import PROJECT_BYTES, Network, TorchNetwork
 
@@ -124,7 +125,7 @@ class Scorer:
         if i is not None:
             raise RequestError(f"instances[{i}]", f"expected an object, got {_kind(instances[i])}")
         enc = self._transform(lambda: self.features.transform_records(instances), "instances", None, instances)
-        return _sigmoid(self._logits(enc, None))
+        return sigmoid(self._logits(enc, None))
 
     def recommend(self, context: dict[str, Any], candidates: Sequence[dict[str, Any]], k: int = 10) -> Ranked:
         """The k best candidates for one context, best first (ties broken by candidate position)."""
@@ -142,7 +143,7 @@ class Scorer:
         enc = self._transform(lambda: self.features.transform_request(context, candidates), "candidates", context, candidates)
         # A field given in the first candidate is read from every candidate (FeatureSet.transform_request), even if the
         # context has it too: only the other context fields are constant over the rows.
-        p = _sigmoid(self._logits(enc, frozenset(context).difference(candidates[0])))
+        p = sigmoid(self._logits(enc, frozenset(context).difference(candidates[0])))
         return top_k(p, k)
 
     def close(self) -> None:
@@ -226,10 +227,6 @@ def _kind(value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"the number {value!r}"
     return names.get(type(value), type(value).__name__)
-
-
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
 
 
 def default_backend() -> Backend:

@@ -14,19 +14,20 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 
-from widedeep.artifact import PREDICT_BATCH, Model, to_table
+from widedeep.artifact import ONNX_FILE, Model, iter_tables
 from widedeep.features.columns import as_label
-from widedeep.metrics import binary_metrics
+from widedeep.metrics import binary_metrics, json_safe, sigmoid
 
 AUC_TOLERANCE = 0.002
 LOGLOSS_TOLERANCE = 0.01
 MIN_STD = 1e-6  # scores with a smaller standard deviation count as constant
 ONNX_TOLERANCE = 1e-5  # max |probability difference| between an ONNX export and the weights it came from
+INTEGRITY_CHECKS = frozenset({"load", "onnx_load"})  # the new model's files are missing, modified or unreadable
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class ValidationReport:
             "current": self.current,
             "data": self.data,
             "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in self.checks],
-            "metrics": {k: {m: _json_float(v) for m, v in d.items()} for k, d in self.metrics.items()},
+            "metrics": json_safe(self.metrics),
             "tolerances": dict(self.tolerances),
         }
 
@@ -83,10 +84,6 @@ class ValidationReport:
             for m in ("auc", "logloss", "calibration", "mean_prediction", "mean_label", "examples"):
                 lines.append("  " + f"{m:<16}" + "".join(f"{self.metrics[k].get(m, float('nan')):>12.6g}" for k in cols))
         return "\n".join(lines)
-
-
-def _json_float(v: Any) -> Any:
-    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def validate(
@@ -116,16 +113,15 @@ def validate(
 
     models = {"new": new} if current is None else {"new": new, "current": current}
     scorers: dict[str, Callable[[pa.Table], np.ndarray]] = {k: m.predict for k, m in models.items()}
-    onnx_file = Path(new_dir) / "model.onnx"
+    onnx_file = Path(new_dir) / ONNX_FILE
     if onnx_file.is_file():  # a server may run this export (--backend onnxruntime): it must score like the weights
         onnx = _load_onnx(report, onnx_file)
         if onnx is None:
             return report
-        scorers["onnx"] = lambda table: _sigmoid(onnx.score_encoded(new.features.transform(table)))
-    columns = sorted({new.label}.union(*(m.features.input_columns for m in models.values())))
+        scorers["onnx"] = lambda table: sigmoid(onnx.score_encoded(new.features.transform(table)))
     t0 = time.perf_counter()
     try:
-        labels, scores = _score(scorers, data, columns, new.label)
+        labels, scores = _score(scorers, data, list(models.values()), new.label)
     except (ValueError, KeyError, TypeError, OSError) as e:
         report.add("score", False, f"cannot score the holdout: {e}")
         return report
@@ -205,17 +201,16 @@ def _load_onnx(report: ValidationReport, path: Path) -> Any:
     return net
 
 
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-
-
 def _score(
-    scorers: dict[str, Callable[[pa.Table], np.ndarray]], data: str | Path | pa.Table, columns: list[str], label: str
+    scorers: dict[str, Callable[[pa.Table], np.ndarray]], data: str | Path | pa.Table, models: list[Model], label: str
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Read the holdout once, in batches; return its labels and each scorer's probabilities (not checked for NaN)."""
+    """Read the holdout once, in batches, with the columns the models need; return its labels and each scorer's
+    probabilities (not checked for NaN)."""
+    columns = sorted({label}.union(*(m.features.input_columns for m in models)))
+    types = {k: v for m in models for k, v in m.features.read_types().items()}
     labels: list[np.ndarray] = []
     probs: dict[str, list[np.ndarray]] = {k: [] for k in scorers}
-    for table in _batches(data, columns):
+    for table in iter_tables(data, [c for c in columns if c != label], optional=[label], types=types):
         if label not in table.column_names:
             raise ValueError(f"label column {label!r} not found in the holdout (columns: {table.column_names})")
         labels.append(as_label(table.column(label), label))  # the transform's own label check: 0/1, no nulls
@@ -224,18 +219,3 @@ def _score(
     if not labels:
         return np.zeros(0), {k: np.zeros(0, dtype=np.float32) for k in scorers}
     return np.concatenate(labels).astype(np.float64), {k: np.concatenate(v) for k, v in probs.items()}
-
-
-def _batches(data: str | Path | pa.Table, columns: list[str]) -> Iterator[pa.Table]:
-    """Tables of at most PREDICT_BATCH rows: files are streamed reading only `columns` (those present), tables sliced."""
-    if isinstance(data, (str, Path)):
-        from widedeep.features.io import iter_batches, resolve_paths, schema
-
-        paths = resolve_paths(str(data), Path.cwd())
-        present = set(schema(paths[0]).names)
-        for rb in iter_batches(paths, columns=[c for c in columns if c in present], batch_rows=PREDICT_BATCH):
-            yield pa.Table.from_batches([rb])
-        return
-    table = to_table(data)
-    for i in range(0, table.num_rows, PREDICT_BATCH):
-        yield table.slice(i, PREDICT_BATCH)

@@ -9,8 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from widedeep.atomic import write_text_atomic as _write_atomic
+from widedeep.atomic import write_text_atomic
 from widedeep.config import Config
+from widedeep.metrics import json_safe
 
 MODEL_TYPES = ("wide", "deep", "wide_deep")
 LABELS = {"wide": "wide only", "deep": "deep only", "wide_deep": "wide & deep"}
@@ -59,8 +60,8 @@ def compare(cfg: Config, device: str = "auto", progress: bool = False) -> dict[s
     result = {"config": str(cfg.path), "models": rows, "paper": PAPER, "winner": winner(rows)}
     table = markdown_table(rows)
     print(table)
-    _write_atomic(out / "compare.json", json.dumps(_json_safe(result), indent=2) + "\n")
-    _write_atomic(out / "compare.md", "# Wide vs deep vs wide & deep\n\n" + table + "\n")
+    write_text_atomic(out / "compare.json", json.dumps(json_safe(result), indent=2) + "\n")
+    write_text_atomic(out / "compare.md", "# Wide vs deep vs wide & deep\n\n" + table + "\n")
     return result
 
 
@@ -120,11 +121,3 @@ def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
 
 def _fmt(x: Any, digits: int) -> str:
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) and math.isfinite(x) else "n/a"
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
