@@ -74,3 +74,24 @@ def test_bucket_ids_in_range() -> None:
     b = bucket(h, 97)
     assert b.dtype == np.int32 and b.min() == 3 and b.max() == 99
     assert np.bincount(b - 3).min() > 50  # spread over every bucket
+
+
+def test_long_strings_match_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bytes past the position loop go through the prefix scan: all of them, none, several scan passes per string or
+    many strings per pass; lengths at every boundary, multi-byte characters, and a string of 300 kB."""
+    import widedeep.features.hashing as hashing
+
+    rng = np.random.default_rng(1)
+    alphabet = list("ab z09_é€𝄞\x00\x7f")
+    lengths = [0, 1, 7, 8, 9, 15, 16, 17, 40, 63, 64, 65, 100, 129, 1000]
+    strings = ["".join(rng.choice(alphabet, n)) for n in lengths + list(rng.integers(0, 300, 100))]
+    want = [reference(s) for s in strings]
+    for head, loop_min, scan in ((32, 128, 1 << 18), (0, 1, 1 << 18), (0, 10**9, 1 << 18), (0, 10**9, 64), (5, 20, 1000)):
+        monkeypatch.setattr(hashing, "HEAD_BYTES", head)
+        monkeypatch.setattr(hashing, "LOOP_MIN_STRINGS", loop_min)
+        monkeypatch.setattr(hashing, "SCAN_BYTES", scan)
+        assert [int(x) for x in hash_strings(pa.array(strings, pa.string()))] == want, (head, loop_min, scan)
+        assert [int(x) for x in hash_strings(pa.array(strings[::-1], pa.large_string()).slice(3))] == want[::-1][3:]
+    monkeypatch.undo()
+    huge = "".join(rng.choice(alphabet, 100_000))  # ~300 kB of UTF-8
+    assert int(hash_strings(pa.array([huge, "a"]))[0]) == reference(huge)
