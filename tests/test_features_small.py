@@ -177,3 +177,16 @@ def test_numbers_without_arrow_equal_the_arrow_path(fitted: FeatureSet, monkeypa
             fitted.transform_records(recs)
         return
     identical(fitted.transform_records(recs), expected)
+
+
+def test_long_tokens_bound_the_memo_by_characters(fitted: FeatureSet, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(7)
+    recs = [{**r, "c": "c" * 3000 + str(i), "h": "hé" * rng.randint(500, 2000) + str(i)} for i, r in enumerate(records(40, 8))]
+    expected = arrow_path(fitted, monkeypatch, lambda: fitted.transform_records(recs))
+    monkeypatch.setattr(small_mod, "MEMO_CHARS", 10_000)
+    for i, rec in enumerate(recs):  # one new long token per feature and call
+        one = fitted.transform_records([rec])
+        assert np.array_equal(one.ids, expected.ids[i : i + 1]) and np.array_equal(one.dense, expected.dense[i : i + 1])
+        for name in ("c", "h"):
+            assert sum(len(t) for t in fitted._memos[name]._ids if t is not None) <= 10_000
+    identical(fitted.transform_records(recs), expected)  # a batch larger than the limit still encodes exactly

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 MEMO_LIMIT = 1 << 15  # tokens per feature (~250 bytes each); past it the memo starts over (user ids can be millions)
+MEMO_CHARS = 1 << 21  # characters of those tokens per feature: long tokens fill the memo sooner, not its memory
 
 TokenIds = Callable[[pa.Array], tuple[np.ndarray, np.ndarray]]  # distinct tokens -> (ids int32, hashes uint64)
 
@@ -28,6 +29,7 @@ class TokenMemo:
         self.key, self._compute = key, compute  # key: the fitted state this memo is valid for (compared by identity)
         self._ids: dict[Any, int] = {None: 1}
         self._hashes: dict[Any, int] = {None: 0}
+        self._chars = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -63,9 +65,11 @@ class TokenMemo:
         if not new:
             return
         ids, hashes = self._compute(pa.array(new, pa.string()))
+        chars = sum(map(len, new))
         with self._lock:
-            if len(self._ids) + len(new) > MEMO_LIMIT:
-                self._ids, self._hashes = {None: 1}, {None: 0}
+            if len(self._ids) + len(new) > MEMO_LIMIT or self._chars + chars > MEMO_CHARS:
+                self._ids, self._hashes, self._chars = {None: 1}, {None: 0}, 0
+            self._chars += chars
             self._hashes.update(zip(new, hashes.tolist()))  # hashes first: a token with an id always has its hash
             self._ids.update(zip(new, ids.tolist()))
 
