@@ -32,6 +32,12 @@ class DataWarning(UserWarning):
     """Data that prepare accepts, but that cannot train or evaluate a model the way one would expect."""
 
 
+def warn(messages: Sequence[str]) -> None:
+    """Issue each message as a DataWarning, attributed to the caller of `prepare`."""
+    for m in messages:
+        warnings.warn(m, DataWarning, stacklevel=3)
+
+
 def describe_files(paths: Sequence[Path]) -> str:
     """The files for a message: all of them when few, else the first two and how many more."""
     names = [str(p) for p in paths]
@@ -97,8 +103,9 @@ def add_counts(parts: Sequence[Counts]) -> Counts:
     return {s: {k: sum(p[s][k] for p in parts if s in p) for k in ("rows", "positives")} for s in splits}
 
 
-def check_labels(label: str, counts: Counts, inputs: Mapping[str, Sequence[Path]]) -> None:
-    """Refuse training labels of one class; warn about eval labels of one class."""
+def check_labels(label: str, counts: Counts, inputs: Mapping[str, Sequence[Path]]) -> list[str]:
+    """Refuse training labels of one class; returns the warning for eval labels of one class (if so)."""
+    messages = []
     for split, c in counts.items():
         if c["rows"] == 0 or 0 < c["positives"] < c["rows"]:
             continue
@@ -107,7 +114,8 @@ def check_labels(label: str, counts: Counts, inputs: Mapping[str, Sequence[Path]
         only += f" ({c['rows']} rows in {describe_files(inputs[split])})"
         if split == "train":
             raise FeatureError(label, f"{only}: nothing to learn")
-        warnings.warn(f"{only}: its AUC is undefined", DataWarning, 2)
+        messages.append(f"{only}: its AUC is undefined")
+    return messages
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -141,9 +149,8 @@ class Profile:
                 s["values"] = _union(s["values"], state[name]["values"])
         return out
 
-    def warn(self, paths: Sequence[Path]) -> list[str]:
-        """Warn about each feature whose column is null in every row, or holds one value in every row; returns the
-        messages."""
+    def problems(self, paths: Sequence[Path]) -> list[str]:
+        """A warning for each feature whose column is null in every row, or holds one value in every row."""
         messages = []
         for f in self.features:
             s = self.state_[f.name]
@@ -155,7 +162,6 @@ class Profile:
             else:
                 continue
             messages[-1] += f" of the training data ({describe_files(paths)}): it cannot help the model"
-            warnings.warn(messages[-1], DataWarning, 2)
         return messages
 
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from widedeep.atomic import publish_dir, remove_stale, write_text_synced
 from widedeep.config import Config
-from widedeep.features.checks import Profile, add_counts, check_inputs, check_labels
+from widedeep.features.checks import Profile, add_counts, check_inputs, check_labels, warn
 from widedeep.features.group import Group
 from widedeep.features.io import iter_batches, resolve_paths
 from widedeep.features.packed import merge_packed, pack_stats
@@ -178,13 +178,14 @@ def prepare(
         return out
     start = time.perf_counter()
     inputs = _inputs(cfg)
+    fp = fingerprint(cfg)  # before reading: a file changed meanwhile makes the result stale, not wrongly fresh
     mine = {s: group.share(list(enumerate(inputs[s]))) for s in SPLITS}
     part = FeatureSet.from_config(cfg)
 
     # Check this rank's files; refuse single-class training labels before anything is written.
     counts = group.run(lambda: check_inputs(part, {s: [p for _, p in mine[s]] for s in SPLITS}))
     counts = add_counts(group.gather(counts))
-    check_labels(part.label, counts, inputs)
+    problems = check_labels(part.label, counts, inputs)
     rows = {s: counts[s]["rows"] for s in SPLITS}
     threads = min(4, (os.cpu_count() or 1) // group.size) if sum(rows.values()) >= SERIAL_ROWS else 0
     with ThreadPoolExecutor(threads) if threads else nullcontext() as pool:
@@ -192,10 +193,9 @@ def prepare(
         profile = Profile(part.features)
         cached = group.run(lambda: _fit(part, profile, mine["train"], pool, cache_bytes))
         fs = part if group.size == 1 else merge_packed(group.all_gather(pack_stats(part)), like=part)
-        profile = Profile.merged(fs.features, group.gather(profile.state_))
-        if group.rank == 0:
-            profile.warn(inputs["train"])
-        fp = fingerprint(cfg)
+        problems += Profile.merged(fs.features, group.gather(profile.state_)).problems(inputs["train"])
+        if group.rank == 0:  # every rank knows the same; one says it
+            warn(problems)
         fs.info_ = {"fingerprint": fp, "train_files": [str(p) for p in inputs["train"]]}
 
         with ExitStack() as publish:
