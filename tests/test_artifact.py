@@ -104,6 +104,23 @@ def test_truncated_weights_with_matching_checksum_still_fail_clearly(model_copy:
         Model.load(model_copy)
 
 
+def test_non_finite_weights_with_matching_checksum_are_refused(model_copy: Path) -> None:
+    """A diverged model written with valid checksums is refused at load (serving would answer null scores)."""
+    from safetensors.torch import load_file, save_file
+
+    from widedeep.atomic import sha256_file
+
+    w = model_copy / "model.safetensors"
+    state = load_file(str(w))
+    state["deep.mlp.layers.0.weight"][0, 0] = float("nan")
+    save_file(state, str(w), metadata={"format_version": "1"})
+    meta = json.loads((model_copy / "model.json").read_text())
+    meta["files"]["model.safetensors"] = {"sha256": sha256_file(w), "bytes": w.stat().st_size}
+    (model_copy / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match=r"model\.safetensors: tensor 'deep\.mlp\.layers\.0\.weight' holds NaN"):
+        Model.load(model_copy)
+
+
 def test_edited_feature_set_is_refused(model_copy: Path) -> None:
     f = model_copy / "features.json"
     f.write_text(f.read_text() + " ")

@@ -214,6 +214,9 @@ class Model:
         except ValueError as e:
             raise ArtifactError(f"{root}: stored config and feature set do not fit together ({e})") from None
         state = load_tensors(root / WEIGHTS_FILE)
+        bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+        if bad is not None:
+            raise ArtifactError(f"{root / WEIGHTS_FILE}: tensor {bad!r} holds NaN or infinite values; refusing to load a diverged model")
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as e:
