@@ -101,7 +101,10 @@ def test_bad_data_fails_early_naming_the_file(project: Path, damage, message: st
 
 def test_missing_input_names_the_pattern(project: Path) -> None:
     project.write_text(TINY_CONFIG.replace('train = "train.parquet"', 'train = "nothing/*.parquet"'))
-    with pytest.raises(FileNotFoundError, match=r"no data file matches 'nothing/\*\.parquet'"):
+    with pytest.raises(FileNotFoundError, match=r"\[data\] train: no data file matches 'nothing/\*\.parquet'"):
+        prepare(load(project))
+    project.write_text(TINY_CONFIG.replace('eval = "eval.parquet"', 'eval = "gone.parquet"'))
+    with pytest.raises(FileNotFoundError, match=r"config\.toml: \[data\] eval: no data file matches 'gone\.parquet'"):
         prepare(load(project))
 
 

@@ -44,8 +44,8 @@ Named = tuple[str, pa.RecordBatch]  # (shard name, batch)
 
 
 def _inputs(cfg: Config) -> dict[str, list[Path]]:
-    out = {"train": resolve_paths(cfg.data.train, cfg.root)}
-    out["eval"] = resolve_paths(cfg.data.eval, cfg.root) if cfg.data.eval else []
+    out = {"train": resolve_paths(cfg.data.train, cfg.root, f"{cfg.path}: [data] train")}
+    out["eval"] = resolve_paths(cfg.data.eval, cfg.root, f"{cfg.path}: [data] eval") if cfg.data.eval else []
     return out
 
 
