@@ -43,6 +43,11 @@ def test_tiny_config_loads(tiny_config: Path) -> None:
         ('deep = ["installed_apps"', 'deep = ["installed_x_impression"', r"\[model\] deep: unknown feature 'installed_x_impression'"),
         ("hidden = [16, 8]", "hidden = [16, 0]", r"\[model\] hidden: must be a list of positive integers"),
         ("[train]", "[trian]", r"unknown section \[trian\]"),
+        ('type = "categorical"\nmin_count = 2', 'tpye = "categorical"\nmin_count = 2', r"\[features.country\] type: is required \(there is an unknown key 'tpye'"),
+        ("[train]", '[train]\ndeep_optimizer = { name = "sgd", momentm = 0.9 }',
+         r"deep_optimizer: unknown key 'momentm' \(accepted keys: \['lr', 'momentum', 'name', 'weight_decay'\]\)"),
+        ("[train]", '[train]\ndeep_optimizer = { name = "adagrad", eps = 1e-8, lrr = 0.1 }',
+         r"unknown key 'lrr' \(accepted keys: \['eps', 'initial_accumulator_value', 'lr', 'name', 'weight_decay'\]\)"),
         ("[features.price]", '[features.installed]\ntype = "continuous"\n[features.price]', r"reads the label column 'installed'"),
     ],
 )  # fmt: skip
