@@ -186,3 +186,53 @@ def test_cli_train_and_errors(tiny_config: Path, tmp_path: Path, capsys: pytest.
     assert main(["train", str(tmp_path / "c.toml"), "--resume"]) == 2
     assert "no checkpoint of this run" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "c.toml"), "--resume=auto"]) == 0  # nothing to resume: starts fresh
+
+
+def test_automatic_epochs_stop_without_gain_and_keep_the_best_epoch(tiny_config: Path, tmp_path: Path) -> None:
+    # A gain of 0.5 AUC is never reached: the first epoch sets the mark, the second misses it, patience 1 stops there.
+    model_dir = train(variant(tiny_config, tmp_path, epochs="auto", max_epochs=6, patience=1, min_gain=0.5), progress=False)
+    m = json.loads((model_dir / "model.json").read_text())["metrics"]
+    evals = [r for r in records(tmp_path) if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [16, 32] and m["steps"] == 32
+    best = max(range(2), key=lambda i: evals[i]["auc"])
+    assert m["best_epoch"] == best + 1 and m["eval"]["auc"] == pytest.approx(evals[best]["auc"], abs=1e-12)
+    # With a reachable gain it trains on, up to max_epochs.
+    model_dir = train(variant(tiny_config, tmp_path / "long", epochs="auto", max_epochs=3, patience=5), progress=False)
+    assert json.loads((model_dir / "model.json").read_text())["metrics"]["steps"] == 48
+
+
+def test_automatic_epochs_without_eval_data_train_one_epoch(tiny_config: Path, tmp_path: Path) -> None:
+    cfg = variant(tiny_config, tmp_path, epochs="auto")
+    cfg = replace(cfg, data=replace(cfg.data, eval=(), prepared=str(tmp_path / "prepared")))
+    m = json.loads((train(cfg, progress=False) / "model.json").read_text())["metrics"]
+    assert m["steps"] == 16 and m["eval"] is None
+
+
+def test_automatic_epochs_resume_where_they_stopped(tiny_config: Path, tmp_path: Path) -> None:
+    settings = dict(epochs="auto", max_epochs=5, patience=1, min_gain=0.01, checkpoint_every=5)
+    whole = train(variant(tiny_config, tmp_path / "whole", **settings), progress=False)
+    cfg = variant(tiny_config, tmp_path / "cut", **settings)
+    train(cfg, progress=False, max_steps=21)
+    resumed = train(cfg, progress=False, resume=True)
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = (json.loads((d / "model.json").read_text())["metrics"] for d in (whole, resumed))
+    assert (ma["steps"], ma["best_epoch"]) == (mb["steps"], mb["best_epoch"])
+
+
+def test_the_test_split_is_scored_once_and_chooses_nothing(tiny_config: Path, tmp_path: Path) -> None:
+    from widedeep.artifact import Model
+
+    root = tiny_config.parent
+    pq.write_table(make_log(300, seed=11), tmp_path / "other_test.parquet")
+    runs = {}
+    for name, test in (("a", str(root / "eval.parquet")), ("b", str(tmp_path / "other_test.parquet"))):
+        cfg = variant(tiny_config, tmp_path / name, epochs="auto", max_epochs=4, patience=1)
+        cfg = replace(cfg, data=replace(cfg.data, test=(test,), prepared=str(tmp_path / name / "prepared")))
+        runs[name] = (train(cfg, progress=False), test)
+    (a, test_a), (b, _) = runs["a"], runs["b"]
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # another test set trains the very same model
+    m = json.loads((a / "model.json").read_text())["metrics"]
+    assert m["test"]["auc"] == pytest.approx(Model.load(a).evaluate(test_a)["auc"], abs=1e-9)
+    assert [r["split"] for r in records(tmp_path / "a")].count("test") == 1

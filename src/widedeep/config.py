@@ -23,7 +23,8 @@ class ConfigError(ValueError):
 class DataConfig:
     train: tuple[str, ...]  # files, globs or directories (resolved against the config file's folder)
     label: str
-    eval: tuple[str, ...] = ()
+    eval: tuple[str, ...] = ()  # for choosing: evaluations, early stopping, automatic epochs, compare, tune
+    test: tuple[str, ...] = ()  # for reporting: scored once at the end, never selected on
     prepared: str = ""  # where encoded shards and features.json go; default "<train.out>/prepared"
 
 
@@ -75,7 +76,10 @@ class OptimizerConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 1024
-    epochs: int = 1
+    epochs: int | Literal["auto"] = "auto"  # "auto": train while eval AUC improves (1 epoch without eval data)
+    max_epochs: int = 20  # the cap of epochs = "auto"
+    patience: int = 2  # epochs = "auto": stop after this many epochs without a gain of min_gain in eval AUC
+    min_gain: float = 1e-4
     out: str = "runs/default"
     seed: int = 0
     wide_optimizer: OptimizerConfig = OptimizerConfig("ftrl")
@@ -85,6 +89,12 @@ class TrainConfig:
     early_stopping: int = 0  # patience in evaluations without eval-AUC gain; 0 = off
     bf16: Literal["auto", "on", "off"] = "auto"
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
+
+    def epoch_limit(self, has_eval: bool) -> int:
+        """How many epochs at most: `epochs`, or for "auto" `max_epochs` with eval data and 1 without."""
+        if self.epochs != "auto":
+            return int(self.epochs)
+        return self.max_epochs if has_eval else 1
 
 
 @dataclass(frozen=True)
@@ -278,6 +288,15 @@ def _cross(name: str, table: Any, file: Path, features: dict[str, FeatureSpec]) 
     return spec
 
 
+def _epochs(t: _Reader) -> int | str:
+    value = t.get("epochs", (int, str), T.epochs)
+    if value == "auto":
+        return value
+    if isinstance(value, str) or value < 1:
+        t.fail(f'must be a positive integer or "auto", got {value!r}', "epochs")
+    return value
+
+
 def from_dict(raw: dict[str, Any], path: Path | str = Path("config.toml")) -> Config:
     """Validate a parsed TOML document; `path` is used for messages and to resolve relative paths."""
     file = Path(path)
@@ -291,6 +310,7 @@ def from_dict(raw: dict[str, Any], path: Path | str = Path("config.toml")) -> Co
         train=d.strings("train"),
         label=d.get("label", str),
         eval=d.strings("eval", ()),
+        test=d.strings("test", ()),
         prepared=d.get("prepared", str, DataConfig.prepared),
     )
     if not data.train:
@@ -338,7 +358,10 @@ def from_dict(raw: dict[str, Any], path: Path | str = Path("config.toml")) -> Co
     t = _Reader(top.get("train", dict, {}), "[train]", file)
     train = TrainConfig(
         batch_size=t.positive("batch_size", T.batch_size),
-        epochs=t.positive("epochs", T.epochs),
+        epochs=_epochs(t),
+        max_epochs=t.positive("max_epochs", T.max_epochs),
+        patience=t.positive("patience", T.patience),
+        min_gain=t.get("min_gain", float, T.min_gain),
         out=t.get("out", str, T.out),
         seed=t.get("seed", int, T.seed),
         wide_optimizer=_optimizer(t.get("wide_optimizer", dict, {"name": T.wide_optimizer.name}), "[train] wide_optimizer", file),
@@ -349,6 +372,8 @@ def from_dict(raw: dict[str, Any], path: Path | str = Path("config.toml")) -> Co
         bf16=t.get("bf16", str, T.bf16, choices=("auto", "on", "off")),
         device=t.get("device", str, T.device),
     )
+    if train.min_gain < 0:
+        t.fail(f"must be >= 0, got {train.min_gain}", "min_gain")
     for key in ("eval_every", "checkpoint_every", "early_stopping"):
         if getattr(train, key) < 0:
             t.fail(f"must be >= 0, got {getattr(train, key)}", key)

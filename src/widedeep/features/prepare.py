@@ -31,7 +31,7 @@ from widedeep.features.packed import merge_packed, pack_stats
 from widedeep.features.shards import write_shard
 from widedeep.features.transform import VERSION, FeatureSet
 
-SPLITS = ("train", "eval")
+SPLITS = ("train", "eval", "test")
 # Training batches kept between the fit and the encode pass, so the encode pass need not read the files again (reading
 # is the largest single cost). Bounded: beyond it nothing is kept and peak memory stays flat in the data size.
 CACHE_BYTES = 256 << 20
@@ -45,7 +45,9 @@ Named = tuple[str, pa.RecordBatch]  # (shard name, batch)
 
 def _inputs(cfg: Config) -> dict[str, list[Path]]:
     out = {"train": resolve_paths(cfg.data.train, cfg.root, f"{cfg.path}: [data] train")}
-    out["eval"] = resolve_paths(cfg.data.eval, cfg.root, f"{cfg.path}: [data] eval") if cfg.data.eval else []
+    for split in ("eval", "test"):
+        spec = getattr(cfg.data, split)
+        out[split] = resolve_paths(spec, cfg.root, f"{cfg.path}: [data] {split}") if spec else []
     return out
 
 
@@ -235,5 +237,6 @@ def prepare(
 def _report(fs: FeatureSet, rows: dict[str, int], took: float, out: Path, ranks: int) -> None:
     sizes = ", ".join(f"{f.name}={n}" for f, n in zip(fs.features, fs.cardinality.values()) if f.type != "hashed")
     on = f" on {ranks} ranks" if ranks > 1 else ""
-    print(f"prepare: {rows['train']} train + {rows['eval']} eval rows{on} in {took:.1f}s -> {out}")
+    test = f" + {rows['test']} test" if rows["test"] else ""
+    print(f"prepare: {rows['train']} train + {rows['eval']} eval{test} rows{on} in {took:.1f}s -> {out}")
     print(f"prepare: table sizes {sizes}")

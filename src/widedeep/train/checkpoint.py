@@ -47,6 +47,9 @@ class LoopState:
     best_step: int = -1
     bad_evals: int = 0  # evaluations since the best one (early stopping)
     stopped: bool = False
+    best_epochs: float = 0.0  # epochs trained at the best evaluation
+    gain_auc: float = float("-inf")  # epochs = "auto": the eval AUC the next epoch must beat by min_gain
+    epochs_without_gain: int = 0
     # The training-loss window not yet written to metrics.jsonl: a resumed run continues it where it was cut.
     window_loss: float = 0.0  # sum of the window's batch losses
     window_steps: int = 0

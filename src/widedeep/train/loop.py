@@ -2,7 +2,12 @@
 
 prepare (if stale) -> build model and optimizers -> [resume | warm start] -> epochs of shuffled mini-batches, with eval
 every epoch (and every `eval_every` steps), checkpoints every `checkpoint_every` steps and at each epoch end,
-optional early stopping on eval AUC -> the model artifact in ``<train.out>/model``.
+optional early stopping on eval AUC -> the test set scored once -> the model artifact in ``<train.out>/model``.
+
+Epochs: `epochs = "auto"` (the default) trains while the epoch-end eval AUC improves by at least `min_gain`, stopping after
+`patience` epochs without such a gain or at `max_epochs`; the artifact keeps the best evaluation's weights and records
+which epoch that was. Without eval data "auto" is one epoch. Eval data is for choosing (epochs, early stopping, compare,
+tune); the optional test data is scored once, at the end, and nothing selects on it.
 
 Precision: the training step may run under bf16 autocast (`train.bf16`), but every figure that is recorded or compared
 (eval metrics in metrics.jsonl and model.json, early stopping) is computed in fp32 by the plain forward pass, exactly as
@@ -208,6 +213,7 @@ class Run:
     trainer: Trainer
     loader: ShardLoader
     eval_shards: list[Encoded]
+    test_shards: list[Encoded]
     log: Any  # MetricsLog on rank 0, a NullLog elsewhere
     state: LoopState
     ckpt_dir: Path
@@ -215,10 +221,20 @@ class Run:
     best: dict[str, torch.Tensor] | None = None  # the best evaluation's weights (early stopping)
     last_eval: tuple[int, dict[str, float]] | None = None  # (step, metrics) of the latest evaluation
     window_loss: torch.Tensor | None = None  # this window's summed loss, on the device (read only when logged)
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None  # called after each epoch-end evaluation
 
     @property
     def steps_per_epoch(self) -> int:
         return len(self.loader)
+
+    @property
+    def epochs(self) -> int:
+        return self.cfg.train.epoch_limit(bool(self.eval_shards))
+
+    @property
+    def keeps_best(self) -> bool:
+        """Whether the artifact keeps the best evaluation's weights: early stopping, or automatic epochs."""
+        return bool(self.cfg.train.early_stopping) or (self.cfg.train.epochs == "auto" and bool(self.eval_shards))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -233,13 +249,15 @@ def train(
     device: str = "auto",
     progress: bool = True,
     max_steps: int | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> Path:
     """Train the model that `cfg` declares; returns the model directory ``<train.out>/model``.
 
     `device` "auto" defers to `train.device` (itself "auto" by default: CUDA when available). `resume` "yes" (or True)
     continues from the newest checkpoint of this run (an error if there is none), "auto" resumes when there is one and
     starts fresh otherwise; a checkpoint already holds the warm-start weights it began from. `max_steps` ends training
-    after that many steps in total (checkpoint and model are written as at a normal end).
+    after that many steps in total (checkpoint and model are written as at a normal end). `on_epoch(epochs, metrics)` is
+    called after each epoch-end evaluation (e.g. to prune a tuning trial by raising).
     """
     from widedeep.features.shards import open_split
     from widedeep.features.transform import FeatureSet
@@ -254,9 +272,10 @@ def train(
     fs = FeatureSet.load(prepared / "features.json")
     train_shards = open_split(prepared, "train")
     eval_shards = open_split(prepared, "eval") if cfg.data.eval else []
+    test_shards = open_split(prepared, "test") if cfg.data.test else []
     return fit(
-        cfg, fs, train_shards, eval_shards,
-        resume=resume, warm_start=warm_start, device=device, progress=progress, max_steps=max_steps,
+        cfg, fs, train_shards, eval_shards, test_shards,
+        resume=resume, warm_start=warm_start, device=device, progress=progress, max_steps=max_steps, on_epoch=on_epoch,
     )  # fmt: skip
 
 
@@ -265,17 +284,20 @@ def fit(
     fs: Any,
     train_shards: Sequence[Encoded],
     eval_shards: Sequence[Encoded],
+    test_shards: Sequence[Encoded] = (),
     *,
     resume: bool | Resume = False,
     warm_start: Path | None = None,
     device: str = "auto",
     progress: bool = True,
     max_steps: int | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> Path:
     """The training run proper, on already encoded shards and their fitted FeatureSet (`train` without the prepare step)."""
     tc = cfg.train
-    run = _start(cfg, fs, train_shards, eval_shards, _resume_mode(resume), warm_start, device, progress)
-    bar = _progress_bar(progress and run.d.is_main, run.loader.rows * tc.epochs, run.state.examples)
+    run = _start(cfg, fs, train_shards, eval_shards, test_shards, _resume_mode(resume), warm_start, device, progress)
+    run.on_epoch = on_epoch
+    bar = _progress_bar(progress and run.d.is_main, run.loader.rows * run.epochs, run.state.examples)
     under_budget = lambda: max_steps is None or run.state.step < max_steps  # noqa: E731
     threads = torch.get_num_threads()
     if run.d.device.type == "cpu":
@@ -284,7 +306,7 @@ def fit(
         run.loader.prefetch = 2 if (os.cpu_count() or 1) > torch.get_num_threads() else 0
     try:
         # Epochs of shuffled mini-batches, with evaluations and checkpoints at their cadence.
-        while run.state.epoch < tc.epochs and not run.state.stopped and under_budget():
+        while run.state.epoch < run.epochs and not run.state.stopped and under_budget():
             for batch in run.loader.epoch(run.state.epoch, start=run.state.batch):
                 _train_step(run, batch, bar)
                 mid_epoch = run.state.batch < run.steps_per_epoch
@@ -296,7 +318,7 @@ def fit(
                     break
             if run.state.batch >= run.steps_per_epoch:  # the epoch is complete
                 if run.eval_shards:
-                    _evaluate(run)  # logged with the epoch just finished
+                    _end_of_epoch(run, _evaluate(run))  # logged with the epoch just finished
                 run.state.epoch, run.state.batch = run.state.epoch + 1, 0
                 _checkpoint(run)
         # Stopped mid-epoch (early stopping or max_steps): make the stopping point resumable.
@@ -320,7 +342,7 @@ def _resume_mode(resume: bool | str) -> Resume:
 
 
 def _start(
-    cfg: Config, fs: Any, train_shards: Sequence[Encoded], eval_shards: Sequence[Encoded],
+    cfg: Config, fs: Any, train_shards: Sequence[Encoded], eval_shards: Sequence[Encoded], test_shards: Sequence[Encoded],
     resume: Resume, warm_start: Path | None, device: str, progress: bool,
 ) -> Run:  # fmt: skip
     """Build the model, the optimizers and the loader; resume from this run's checkpoint or warm start."""
@@ -330,6 +352,7 @@ def _start(
     tc = cfg.train
     d = wd_dist.setup(tc.device if device == "auto" else device)  # rank/world under torchrun; (0, 1) otherwise
     eval_part = wd_dist.rank_part([s for s in eval_shards if len(s)], d)  # each rank scores its part
+    test_part = wd_dist.rank_part([s for s in test_shards if len(s)], d)
     if tc.early_stopping and not eval_part:
         raise ValueError(f"{cfg.path}: [train] early_stopping = {tc.early_stopping} needs eval data ([data] eval is empty)")
     prev_version = _weights_sha(warm_start) if warm_start is not None else ""
@@ -357,10 +380,12 @@ def _start(
         if ckpt.fingerprint != fingerprint:
             raise CheckpointError(f"--resume: checkpoint {found} belongs to another run (fingerprint {ckpt.fingerprint[:16]})")
         state, best = restore(ckpt, model, optimizers), ckpt.best
-        if tc.early_stopping and best is None and state.best_step == state.step:
+        keeps_best = tc.early_stopping or (tc.epochs == "auto" and eval_part)
+        if keeps_best and best is None and state.best_step == state.step:
             best = _weights_copy(model)
         if progress and d.is_main:
-            done = " (that run had finished: the model is written again from it)" if state.epoch >= tc.epochs else ""
+            finished = state.epoch >= tc.epoch_limit(bool(eval_part)) or state.stopped
+            done = " (that run had finished: the model is written again from it)" if finished else ""
             print(f"widedeep train: resuming from {found} (step {state.step}, epoch {state.epoch}){done}", file=sys.stderr)
     elif warm_start is not None:
         from widedeep.train.warm_start import warm_start as load_previous
@@ -372,7 +397,7 @@ def _start(
     # torch's sparse AdaGrad builds its update with invariant checks off and says so once per process: not actionable.
     warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled", category=UserWarning)
     log = MetricsLog(cfg.out_dir / "metrics.jsonl", state.step if found else None) if d.is_main else wd_dist.NullLog()
-    return Run(cfg, d, fs, model, optimizers, trainer, loader, eval_part, log, state, ckpt_dir, fingerprint, best=best,
+    return Run(cfg, d, fs, model, optimizers, trainer, loader, eval_part, test_part, log, state, ckpt_dir, fingerprint, best=best,
                window_loss=torch.tensor(state.window_loss, device=d.device))  # fmt: skip
 
 
@@ -426,21 +451,34 @@ def _evaluate(run: Run) -> dict[str, float]:
     m = run.trainer.evaluate(run.eval_shards)
     run.last_eval = (s.step, m)
     run.log.write({"step": s.step, "epoch": s.epoch, "split": "eval", "loss": m["logloss"], **m, "time": time.time()})
-    if tc.early_stopping:
-        if m["auc"] > s.best_auc:
-            s.best_auc, s.best_step, s.bad_evals = m["auc"], s.step, 0
-            run.best = _weights_copy(run.model)
-        else:
-            s.bad_evals += 1
-            s.stopped = s.bad_evals >= tc.early_stopping
+    if run.keeps_best and m["auc"] > s.best_auc:
+        s.best_auc, s.best_step, s.bad_evals = m["auc"], s.step, 0
+        s.best_epochs = s.epoch + s.batch / max(run.steps_per_epoch, 1)
+        run.best = _weights_copy(run.model)
+    elif tc.early_stopping:
+        s.bad_evals += 1
+        s.stopped = s.bad_evals >= tc.early_stopping
     return m
+
+
+def _end_of_epoch(run: Run, m: dict[str, float]) -> None:
+    """epochs = "auto": stop once `patience` epochs in a row gained less than `min_gain` eval AUC; then `on_epoch`."""
+    s, tc = run.state, run.cfg.train
+    if tc.epochs == "auto":
+        if m["auc"] >= s.gain_auc + tc.min_gain:
+            s.gain_auc, s.epochs_without_gain = m["auc"], 0
+        else:
+            s.epochs_without_gain += 1
+            s.stopped = s.stopped or s.epochs_without_gain >= tc.patience
+    if run.on_epoch is not None:
+        run.on_epoch(s.epoch + 1, m)
 
 
 def _checkpoint(run: Run) -> None:
     """Save weights, optimizer state and the loop position (rank 0); refuses non-finite weights."""
     run.state.window_loss = float(run.window_loss.item())
     _check_weights(run.model, run.state.step)
-    keep_best = run.best if run.cfg.train.early_stopping and run.state.best_step != run.state.step else None
+    keep_best = run.best if run.keeps_best and run.state.best_step != run.state.step else None
     if run.d.is_main:
         save_checkpoint(run.ckpt_dir, run.model, run.optimizers, run.state, run.fingerprint, best=keep_best)
 
@@ -450,20 +488,26 @@ def _finish(run: Run, progress: bool) -> Path:
     from widedeep.artifact import save_model
 
     s, tc, model_dir = run.state, run.cfg.train, run.cfg.out_dir / "model"
-    if tc.early_stopping and run.best is not None and s.best_step != s.step:
+    if run.keeps_best and run.best is not None and s.best_step != s.step:
         run.model.load_state_dict(run.best)
         run.last_eval = None
     _check_weights(run.model, s.step)
-    final = None
+    final = test = None
     if run.eval_shards:
         fresh = run.last_eval is not None and run.last_eval[0] == s.step
         final = run.last_eval[1] if fresh else run.trainer.evaluate(run.eval_shards)
+    if run.test_shards:  # scored once, here, for reporting; nothing chooses on it
+        test = run.trainer.evaluate(run.test_shards)
+        run.log.write({"step": s.step, "epoch": s.epoch, "split": "test", "loss": test["logloss"], **test, "time": time.time()})
     run.log.close()
+    trained = s.epoch + s.batch / max(run.steps_per_epoch, 1)
     metrics = {
         "eval": final,
+        "test": test,
+        "best_epoch": s.best_epochs if run.keeps_best and run.best is not None else trained,
         "precision": {"train": "bf16" if run.trainer.bf16 else "fp32", "metrics": "fp32"},
         "steps": s.step,
-        "epochs": s.epoch + (s.batch / max(run.steps_per_epoch, 1)),
+        "epochs": trained,
         "examples": s.examples,
         "train_seconds": s.train_seconds,
         "examples_per_s": s.examples / max(s.train_seconds, 1e-9),
