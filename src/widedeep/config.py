@@ -98,6 +98,12 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RetrainConfig:
+    history: str = "history"  # `widedeep retrain`: folder of the daily data, <history>/<YYYY-MM-DD>/ (relative to the config)
+    window_days: int = 7  # days of data, the newest included, that each daily run trains on
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig
     features: tuple[FeatureSpec, ...]
@@ -106,6 +112,7 @@ class Config:
     train: TrainConfig
     path: Path = field(default=Path("config.toml"), compare=False)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the TOML as read, for artifacts
+    retrain: RetrainConfig | None = None  # the optional [retrain] table
 
     @property
     def root(self) -> Path:
@@ -302,8 +309,8 @@ def from_dict(raw: dict[str, Any], path: Path | str = Path("config.toml")) -> Co
     file = Path(path)
     top = _Reader(raw, "top level", file)
     for section in raw:
-        if section not in ("data", "features", "crosses", "model", "train"):
-            top.fail(f"unknown section [{section}] (expected data, features, crosses, model, train)")
+        if section not in ("data", "features", "crosses", "model", "train", "retrain"):
+            top.fail(f"unknown section [{section}] (expected data, features, crosses, model, train, retrain)")
 
     d = _Reader(top.get("data", dict), "[data]", file)
     data = DataConfig(
@@ -378,8 +385,21 @@ def from_dict(raw: dict[str, Any], path: Path | str = Path("config.toml")) -> Co
         if getattr(train, key) < 0:
             t.fail(f"must be >= 0, got {getattr(train, key)}", key)
     t.done()
+    retrain = _retrain(top.get("retrain", dict), file) if "retrain" in raw else None
     top.done()
-    return Config(data, tuple(features.values()), tuple(crosses.values()), model, train, file, raw)
+    return Config(data, tuple(features.values()), tuple(crosses.values()), model, train, file, raw, retrain)
+
+
+def _retrain(table: Any, file: Path) -> RetrainConfig:
+    r = _Reader(table, "[retrain]", file)
+    spec = RetrainConfig(
+        history=r.get("history", str, RetrainConfig.history),
+        window_days=r.positive("window_days", RetrainConfig.window_days),
+    )
+    if not spec.history:
+        r.fail("must not be empty", "history")
+    r.done()
+    return spec
 
 
 def load(path: str | Path) -> Config:
@@ -414,4 +434,5 @@ def to_dict(cfg: Config) -> dict[str, Any]:
         features[f.name] = {k: d[k] for k in _FEATURE_KEYS[f.type]}
     crosses = {c.name: {"columns": list(c.columns), "buckets": c.buckets} for c in cfg.crosses}
     data = plain(cfg.data)
-    return {"data": data, "features": features, "crosses": crosses, "model": plain(cfg.model), "train": plain(cfg.train)}
+    doc = {"data": data, "features": features, "crosses": crosses, "model": plain(cfg.model), "train": plain(cfg.train)}
+    return {**doc, "retrain": plain(cfg.retrain)} if cfg.retrain is not None else doc
