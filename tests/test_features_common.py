@@ -38,7 +38,7 @@ def quant_fit(q: Quantiles, part: slice) -> Quantiles:
 
 def quant_out(q: Quantiles) -> Any:
     q.finalize()
-    return q.normalize(q.bucketize(VALUES)).tolist()
+    return q.normalize(VALUES, q.bucketize(VALUES)).tolist()
 
 
 LOG = make_log(1000, 7)

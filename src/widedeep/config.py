@@ -39,6 +39,7 @@ class FeatureSpec:
     delimiter: str = "|"
     buckets: int = 0  # hashed: number of hash buckets
     quantiles: int = 100  # continuous: the paper's n_q
+    normalization: Literal["interpolated", "bucket"] = "interpolated"  # continuous: see widedeep.features.quantile
     embedding_dim: int = 0  # 0 = model.embedding_dim
     pooling: Literal["mean", "sum"] = "mean"  # multi-valued pooling in the deep part
 
@@ -164,7 +165,7 @@ _MAY_BE_ZERO = {"l1", "l2", "momentum", "initial_accumulator_value", "weight_dec
 
 
 _FEATURE_KEYS = {
-    "continuous": ("type", "column", "embedding_dim", "quantiles"),
+    "continuous": ("type", "column", "embedding_dim", "quantiles", "normalization"),
     "categorical": ("type", "column", "embedding_dim", "multi_valued", "delimiter", "pooling", "min_count", "max_size"),
     "hashed": ("type", "column", "embedding_dim", "multi_valued", "delimiter", "pooling", "buckets"),
 }
@@ -255,7 +256,7 @@ def _feature(name: str, table: Any, file: Path) -> FeatureSpec:
         q = r.get("quantiles", int, F.quantiles)
         if q < 2:
             r.fail(f"must be >= 2, got {q}", "quantiles")
-        spec = _replace(spec, quantiles=q)
+        spec = _replace(spec, quantiles=q, normalization=r.get("normalization", str, F.normalization, choices=("interpolated", "bucket")))
     else:
         multi = r.get("multi_valued", bool, F.multi_valued)
         spec = _replace(

@@ -180,7 +180,7 @@ class FeatureSet:
 
     def reset(self) -> "FeatureSet":
         self.vocabs_ = {f.name: Vocabulary(f.min_count, f.max_size) for f in self.features if f.type == "categorical"}
-        self.quantiles_ = {f.name: Quantiles(f.quantiles) for f in self.features if f.type == "continuous"}
+        self.quantiles_ = {f.name: Quantiles(f.quantiles, normalization=f.normalization) for f in self.features if f.type == "continuous"}
         self.rows_, self.info_, self._dirty = 0, {}, True
         self._memos: dict[str, TokenMemo] = {}
         return self
@@ -358,7 +358,7 @@ class FeatureSet:
         i = q.bucketize(x)
         ids = (i + 2).astype(np.int32)
         ids[null] = 1
-        value = q.normalize(i)
+        value = q.normalize(x, i)
         value[null] = 0.0
         tokens = Tokens(hash_ints(i, _BUCKET_SALT), None, null) if f.name in self._in_cross else None
         return _Col(ids, None, (value, null.astype(np.float32)), tokens)
@@ -420,6 +420,8 @@ class FeatureSet:
         for item in d["features"]:
             item = dict(item)
             states[item["name"]] = (item.pop("vocabulary", None), item.pop("quantiles_state", None))
+            if item.get("type") == "continuous":  # files without the key predate "interpolated"
+                item.setdefault("normalization", "bucket")
             extra = set(item) - known
             if extra:
                 raise ValueError(f"feature {item.get('name')!r} has unknown keys {sorted(extra)}")
