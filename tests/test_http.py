@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from widedeep.serve.http import BackgroundServer, create_app
+from widedeep.serve.limits import Limits
 from widedeep.serve.live import LiveScorer
 from widedeep.serve.scorer import Scorer
 
@@ -24,7 +25,7 @@ def cands(n: int) -> list[dict]:
 @pytest.fixture(scope="module")
 def server(tiny_model: Path):
     live = LiveScorer(tiny_model, lambda p: Scorer.load(p, sub_batch=16, threads=2))
-    app = create_app(live, max_body_bytes=64 * 1024, max_candidates=50)
+    app = create_app(live, Limits(max_body_bytes=64 * 1024, max_candidates=50, max_string_bytes=1000))
     with BackgroundServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
         yield client, live
 
@@ -82,6 +83,17 @@ def _bad(**changes):
         ("{not json", 400, ""),
         ("[1, 2]", 400, ""),
         (_bad(candidates=[{"impression_app": "x" * 2000, "price": 1}] * 49), 413, ""),
+        # booleans are neither numbers nor categories, in a scalar or in a list
+        (_bad(context={**CONTEXT, "age": True}), 422, "context.age"),
+        (_bad(candidates=[GOOD, GOOD, {"impression_app": True, "price": 1}]), 422, "candidates[2].impression_app"),
+        (_bad(candidates=[GOOD, {"impression_app": "app1", "price": False}]), 422, "candidates[1].price"),
+        (_bad(context={**CONTEXT, "installed_apps": ["app1", False]}), 422, "context.installed_apps[1]"),
+        (_bad(context={**CONTEXT, "user_id": True}), 422, "context.user_id"),
+        # strings past max_string_bytes (UTF-8 bytes, not characters)
+        (_bad(candidates=[GOOD, {"impression_app": "x" * 1001, "price": 1}]), 422, "candidates[1].impression_app"),
+        (_bad(candidates=[GOOD, {"impression_app": "é" * 501, "price": 1}]), 422, "candidates[1].impression_app"),
+        (_bad(context={**CONTEXT, "installed_apps": ["app1", "y" * 1001]}), 422, "context.installed_apps[1]"),
+        (_bad(context={**CONTEXT, "user_id": "7" * 1001}), 422, "context.user_id"),
     ],
 )
 def test_bad_input_gets_a_4xx_naming_the_field(server, body: str, status: int, field: str):
@@ -101,7 +113,7 @@ def test_oversized_chunked_body_is_refused_while_reading(server):
             yield b'{"impression_app": "' + b"y" * 500 + b'", "price": 1},'
         yield b"{}]}"
 
-    r = client.post("/v1/recommend", content=chunks())
+    r = client.post("/v1/recommend", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["message"].startswith("body exceeds")
 
 
@@ -126,6 +138,8 @@ def test_model_health_metrics_and_docs(server):
     client, live = server
     h = client.get("/healthz").json()
     assert h == {"status": "ok", "model_version": live.scorer.version}
+    r = client.get("/readyz")  # a model directory: always ready once loaded
+    assert r.status_code == 200 and r.json() == {"status": "ready", "model_version": live.scorer.version, "registry_version": None}
     m = client.get("/v1/model").json()
     assert m["version"] == live.scorer.version and m["backend"] == "torch"
     assert {f["name"] for f in m["features"]} == {"country", "installed_apps", "impression_app", "user_id", "age", "price"}
@@ -138,3 +152,60 @@ def test_model_health_metrics_and_docs(server):
     spec = client.get("/openapi.json").json()
     assert "candidates" in json.dumps(spec["paths"]["/v1/recommend"]["post"]["requestBody"])
     assert client.get("/docs").status_code == 200
+
+
+def test_values_just_within_the_limits_and_string_booleans_are_scored(server):
+    client, _ = server
+    cands = [{"impression_app": "x" * 1000, "price": 1}, {"impression_app": "é" * 500, "price": 2}, {"impression_app": "true", "price": 3}]
+    r = client.post("/v1/recommend", json={"context": {**CONTEXT, "country": "false"}, "candidates": cands, "k": 3})
+    assert r.status_code == 200, r.text
+    r = client.post("/v1/score", json={"instances": [{**CONTEXT, "age": True, **GOOD}]})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "instances[0].age"
+    r = client.post("/v1/recommend", json={"context": CONTEXT, "candidates": [GOOD], "k": True})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "k"
+
+
+@pytest.mark.parametrize(
+    "headers,content",
+    [
+        ({"content-type": "text/plain"}, json.dumps({"context": CONTEXT, "candidates": [GOOD]})),
+        ({"content-type": "application/x-www-form-urlencoded"}, "context=1&candidates=2"),
+        ({"content-type": "multipart/form-data; boundary=b"}, '--b\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n--b--\r\n'),
+        ({}, json.dumps({"context": CONTEXT, "candidates": [GOOD]})),
+        ({"content-type": "application/json; charset=latin-1"}, json.dumps({"context": CONTEXT, "candidates": [GOOD]})),
+        ({"content-type": "application/jsonx"}, json.dumps({"context": CONTEXT, "candidates": [GOOD]})),
+    ],
+)
+def test_a_body_that_is_not_declared_json_gets_415_naming_the_header(server, headers: dict, content: str):
+    client, _ = server
+    for path in ("/v1/recommend", "/v1/score"):
+        r = client.post(path, content=content.encode(), headers=headers)
+        assert r.status_code == 415, r.text
+        assert r.json()["error"]["field"] == "Content-Type" and "application/json" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8"])
+def test_json_with_or_without_a_utf8_charset_is_accepted(server, content_type: str):
+    client, _ = server
+    body = json.dumps({"context": CONTEXT, "candidates": [GOOD]}).encode()
+    assert client.post("/v1/recommend", content=body, headers={"content-type": content_type}).status_code == 200
+
+
+def _strings(node) -> list[str]:
+    if isinstance(node, dict):
+        return [s for k, v in node.items() for s in _strings(k) + _strings(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in _strings(v)]
+    return [node] if isinstance(node, str) else []
+
+
+def test_model_info_shows_the_training_metadata_and_no_local_path(server, tiny_model: Path):
+    client, live = server
+    m = client.get("/v1/model").json()
+    assert m["version"] == live.scorer.version
+    assert m["training"]["parameters"]["total"] > 0 and m["training"]["library_versions"]["torch"]
+    assert m["metrics"]["eval"]["auc"] > 0.5 and m["limits"]["max_string_bytes"] == 1000
+    found = _strings(m)
+    roots = {str(tiny_model), str(tiny_model.resolve()), str(tiny_model.parent), str(Path.home())}
+    leaks = [s for s in found if s.startswith(("/", "~")) or any(r in s for r in roots)]
+    assert found and not leaks, leaks

@@ -100,3 +100,20 @@ def test_promotion_under_load_fails_no_request_and_a_broken_one_is_skipped(tiny_
         assert r.status_code == 200 and r.json()["model_version"] == v2_sha
         assert client.get("/v1/model").json()["registry_version"] == "v2"
         assert 'widedeep_model_reloads_total{result="failed"} 1' in client.get("/metrics").text
+
+        # ...and readiness says so, naming the version and the reason, without the server's paths.
+        r = client.get("/readyz")
+        assert r.status_code == 503, r.text
+        ready = r.json()
+        assert ready["failed_version"] == "v3" and ready["registry_version"] == "v2" and ready["model_version"] == v2_sha
+        assert "'v3'" in ready["error"]["message"] and "model.safetensors" in ready["reason"]
+        assert str(tmp_path) not in r.text and str(tmp_path.resolve()) not in r.text
+        assert client.get("/healthz").status_code == 200  # alive all the same
+
+        # CURRENT back at the served version: ready again.
+        tmp.write_text("v2\n")
+        os.replace(tmp, reg.root / "CURRENT")
+        deadline = time.monotonic() + 20
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/readyz").json() == {"status": "ready", "model_version": v2_sha, "registry_version": "v2"}

@@ -133,8 +133,18 @@ def _serve(args: argparse.Namespace) -> int:
     import logging
 
     from widedeep.serve.http import serve
+    from widedeep.serve.limits import Limits
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    limits = Limits(
+        max_body_bytes=args.max_body_bytes,
+        max_candidates=args.max_candidates,
+        max_string_bytes=args.max_string_bytes,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        max_connections=args.max_connections,
+    )
     serve(
         args.model,
         host=args.host,
@@ -145,8 +155,7 @@ def _serve(args: argparse.Namespace) -> int:
         intra_op=args.intra_op,
         project_mb=args.project_mb,
         int8=args.int8,
-        max_body_bytes=args.max_body_bytes,
-        max_candidates=args.max_candidates,
+        limits=limits,
         poll_s=args.poll,
         log_level=args.log_level,
     )
@@ -227,8 +236,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--intra-op", type=int, default=1, help="torch threads inside one forward pass")
     s.add_argument("--project-mb", type=int, default=256, help="memory for embeddings folded into the first MLP layer (0: off)")
     s.add_argument("--int8", action="store_true", help=INT8_HELP)
-    s.add_argument("--max-candidates", type=int, default=1000, help="larger requests get 422")
-    s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger bodies get 413")
+    from widedeep.serve.limits import Limits  # the limits' defaults (a light module)
+
+    limits = Limits()
+    s.add_argument("--max-candidates", type=int, default=limits.max_candidates, help="larger requests get 422 (default: %(default)s)")
+    s.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes, help="larger bodies get 413 (default: %(default)s)")
+    s.add_argument(
+        "--max-string-bytes", type=int, default=limits.max_string_bytes,
+        help="longer string values (UTF-8 bytes, each list element too) get 422 (default: %(default)s)",
+    )  # fmt: skip
+    s.add_argument(
+        "--header-timeout", type=float, default=limits.header_timeout,
+        help="seconds for a request's headers to arrive, else 408 and the connection is closed (default: %(default)s)",
+    )  # fmt: skip
+    s.add_argument(
+        "--body-timeout", type=float, default=limits.body_timeout,
+        help="seconds for a body to arrive after its headers, else 408 (default: %(default)s)",
+    )  # fmt: skip
+    s.add_argument(
+        "--keep-alive-timeout", type=float, default=limits.keep_alive_timeout,
+        help="seconds an idle keep-alive connection stays open (default: %(default)s)",
+    )  # fmt: skip
+    s.add_argument(
+        "--max-connections", type=int, default=limits.max_connections,
+        help="open connections; more are answered 503 and closed (default: %(default)s)",
+    )  # fmt: skip
     s.add_argument("--poll", type=float, default=0.5, help="seconds between checks of a registry's CURRENT")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     s.set_defaults(func=_serve)

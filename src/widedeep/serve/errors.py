@@ -7,11 +7,12 @@ from typing import Any, Mapping, Sequence
 
 
 class RequestError(ValueError):
-    """A request that cannot be scored; `field` is a path such as ``candidates[3].app_price`` (``""`` for the whole body)."""
+    """A request that cannot be scored; `field` is a path such as ``candidates[3].app_price`` (``""`` for the whole body,
+    a header's name for a header). `close`: the connection cannot be reused (a body left unread), so the answer closes it."""
 
-    def __init__(self, field: str, message: str, status: int = 422):
+    def __init__(self, field: str, message: str, status: int = 422, close: bool = False):
         super().__init__(f"{field}: {message}" if field else message)
-        self.field, self.message, self.status = field, message, status
+        self.field, self.message, self.status, self.close = field, message, status, close
 
 
 _RECORD = re.compile(r"^record (\d+)(?:: | )")

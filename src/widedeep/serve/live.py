@@ -2,19 +2,30 @@
 
 A request reads `live.scorer` once and keeps that object to the end, so a swap never touches a request in flight: it
 finishes on the old model while the next request gets the new one. A model that fails to load is logged and skipped;
-the server keeps serving the previous one.
+the server keeps serving the previous one, and `failure` says which version could not be loaded and why (readiness)
+until CURRENT points at a model that is served again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from widedeep.serve.scorer import Scorer
 
 log = logging.getLogger("widedeep.serve")
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """The registry's current version could not be served: its name (None if CURRENT itself is unreadable) and why."""
+
+    version: str | None
+    reason: str  # the error, with paths relative to the registry root
 
 
 class LiveScorer:
@@ -31,6 +42,7 @@ class LiveScorer:
         self.scorer: Scorer = load(self.registry.current() if self.registry else self.source)
         self.reloads = 0
         self.reload_failures = 0
+        self.failure: LoadFailure | None = None
         self._failed: str | None = None  # a version that failed to load is not retried until CURRENT moves again
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -55,22 +67,36 @@ class LiveScorer:
             return False
         try:
             version = self.registry.current_version()
-        except (OSError, ValueError) as e:  # a registry being written; try again next poll
+        except (OSError, ValueError) as e:
             log.warning("cannot read registry %s: %s", self.source, e)
+            self.failure = LoadFailure(None, self._relative(e))
             return False
-        if version == self.registry_version or version == self._failed:
+        if version == self.registry_version:
+            self.failure = None  # CURRENT is (back) at the model being served
+            return False
+        if version == self._failed:
             return False
         try:
             scorer = self._load(self.registry.current())
-        except Exception:
+        except Exception as e:
             log.exception("hot reload of %s version %s failed; still serving %s", self.source, version, self.registry_version)
             self._failed = version
+            self.failure = LoadFailure(version, self._relative(e))
             self.reload_failures += 1
             return False
         self.scorer, self.registry_version = scorer, version  # one reference swap; in-flight requests hold the old one
+        self.failure = None
         self.reloads += 1
         log.info("now serving %s version %s (model %s)", self.source, version, scorer.version)
         return True
+
+    def _relative(self, error: Exception) -> str:
+        """The error's message without the server's own paths (it is shown to clients)."""
+        text = str(error) or type(error).__name__
+        roots = {str(self.source.resolve())} | ({str(self.source)} if self.source.is_absolute() else set())
+        for root in sorted(roots, key=len, reverse=True):
+            text = text.replace(root + os.sep, "").replace(root, ".")
+        return text
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):

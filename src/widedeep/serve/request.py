@@ -1,0 +1,162 @@
+"""A ranking request's body: media type, size and deadline while reading it; JSON and the feature values once read.
+
+Every refusal is a RequestError (a 4xx naming the field, or the header). A body refused before it was read to the end is
+still read and discarded (up to DRAIN_BYTES, by the body deadline), so that a client that sends its whole body before
+reading the answer (urllib, most raw-socket clients) gets the status rather than a reset connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from typing import Any, AsyncIterator, Mapping, Sequence
+
+import orjson
+from starlette.requests import Request
+
+from widedeep.serve.errors import RequestError
+from widedeep.serve.limits import DRAIN_BYTES, Limits
+
+# -- reading (on the event loop) -----------------------------------------------------------------------------------------
+
+
+async def read_body(request: Request, limits: Limits) -> bytes:
+    """The body: 415 unless it is declared JSON, 413 past `limits.max_body_bytes`, 408 if it has not all arrived
+    `limits.body_timeout` seconds after the headers. starlette's ClientDisconnect passes through."""
+    deadline = asyncio.get_running_loop().time() + limits.body_timeout
+    error = _media_type_error(request.headers.get("content-type")) or _declared_size_error(request, limits.max_body_bytes)
+    stream = request.stream()
+    seen = 0
+    if error is None:
+        body = bytearray()
+        try:
+            async with asyncio.timeout_at(deadline):
+                async for chunk in stream:
+                    body += chunk
+                    if len(body) > limits.max_body_bytes:
+                        error = RequestError("", f"body exceeds the limit of {limits.max_body_bytes} bytes", 413)
+                        break
+        except TimeoutError:
+            raise RequestError("", f"body not received within {limits.body_timeout:g} s", 408, close=True) from None
+        if error is None:
+            return bytes(body)
+        seen = len(body)
+    # Refused: read the rest before answering, unless the client waits for a "100 Continue" to send it at all.
+    waits = seen == 0 and request.headers.get("expect", "").lower() == "100-continue"
+    error.close = waits or not await _drain(stream, deadline, seen)
+    raise error
+
+
+async def _drain(stream: AsyncIterator[bytes], deadline: float, seen: int) -> bool:
+    """Read and discard the rest of a body (DRAIN_BYTES at most in all, by `deadline`); True if it was read to the end."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            async for chunk in stream:
+                seen += len(chunk)
+                if seen > DRAIN_BYTES:
+                    return False
+    except TimeoutError:
+        return False
+    return True
+
+
+def _media_type_error(value: str | None) -> RequestError | None:
+    """415 unless the Content-Type is application/json (a charset parameter may say utf-8)."""
+    if value is None:
+        return RequestError("Content-Type", "header missing: send the body as application/json", 415)
+    kind, *params = (p.strip() for p in value.split(";"))
+    if kind.lower() != "application/json":
+        return RequestError("Content-Type", f"expected application/json, got {value!r}", 415)
+    for param in params:
+        name, _, charset = param.partition("=")
+        if name.strip().lower() == "charset" and charset.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return RequestError("Content-Type", f"expected application/json in UTF-8, got {value!r}", 415)
+    return None
+
+
+def _declared_size_error(request: Request, limit: int) -> RequestError | None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        error = RequestError("", f"body of {int(declared)} bytes exceeds the limit of {limit} bytes", 413)
+        if int(declared) > DRAIN_BYTES:  # too large to read and discard: answer at once and close
+            error.close = True
+        return error
+    return None
+
+
+# -- parsing and checking (CPU work: off the event loop) -----------------------------------------------------------------
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; 400 for malformed JSON, 422 naming the field for NaN or Infinity."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise _non_finite_error(body) or RequestError("", f"invalid JSON: {e}", 400) from None
+    if not isinstance(doc, dict):
+        raise RequestError("", f"expected a JSON object, got {type(doc).__name__}", 400)
+    return doc
+
+
+def required(doc: Mapping[str, Any], key: str) -> Any:
+    if key not in doc:
+        raise RequestError(key, "is required")
+    return doc[key]
+
+
+def check_values(records: Mapping[str, Any], columns: Sequence[str], body: bytes, max_string_bytes: int) -> None:
+    """422 naming the first feature value that is a boolean (neither a number nor a category) or a string longer than
+    `max_string_bytes` UTF-8 bytes. `records` maps a JSON path to a record or a list of records; only the model's input
+    `columns` are looked at, and only if the raw `body` can hold such a value at all."""
+    if b"true" not in body and b"false" not in body and len(body) <= max_string_bytes:
+        return  # JSON literals are never escaped, and a string takes at least its UTF-8 length in JSON
+    for where, value in records.items():
+        if isinstance(value, dict):
+            rows = [(where, value)]
+        else:
+            rows = [(f"{where}[{i}]", row) for i, row in enumerate(value)] if isinstance(value, list) else []
+        for path, row in rows:
+            if not isinstance(row, dict):
+                continue  # the scorer reports it
+            for column in columns:
+                if column in row:
+                    _check_value(row[column], f"{path}.{column}", max_string_bytes)
+
+
+def _check_value(value: Any, path: str, max_bytes: int, in_list: bool = False) -> None:
+    if isinstance(value, bool):
+        raise RequestError(path, "a boolean is neither a number nor a category; send a number or a string")
+    if isinstance(value, str):
+        if len(value) > max_bytes or (4 * len(value) > max_bytes and len(value.encode("utf-8", "surrogatepass")) > max_bytes):
+            n = len(value.encode("utf-8", "surrogatepass"))
+            raise RequestError(path, f"string of {n} bytes exceeds the limit of {max_bytes} bytes")
+    elif isinstance(value, list) and not in_list:
+        for j, element in enumerate(value):
+            _check_value(element, f"{path}[{j}]", max_bytes, in_list=True)
+
+
+class _NonFinite(float):
+    """NaN/Infinity as the lenient stdlib parser reads them, marked so that their path can be reported."""
+
+
+def _non_finite_error(body: bytes) -> RequestError | None:
+    """JSON has no NaN or Infinity; if that is why orjson refused the body, name the field that holds one."""
+    try:
+        doc = json.loads(body, parse_constant=lambda c: _NonFinite(c.replace("Infinity", "inf")))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    path = _find(doc, "")
+    return RequestError(path, "NaN and Infinity are not valid numbers") if path is not None else None
+
+
+def _find(node: Any, path: str) -> str | None:
+    if isinstance(node, _NonFinite) or (isinstance(node, float) and not math.isfinite(node)):
+        return path
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        sub = f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else str(key))
+        found = _find(value, sub)
+        if found is not None:
+            return found
+    return None
