@@ -70,6 +70,23 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from widedeep.report.plots import MissingPlotsExtra, require_matplotlib
+
+    try:
+        require_matplotlib()
+    except MissingPlotsExtra as e:
+        print(f"widedeep report: error: {e}", file=sys.stderr)
+        return 2
+    from widedeep.metrics import CALIBRATION_BINS
+    from widedeep.report.writer import write_report
+
+    bins = CALIBRATION_BINS if args.bins is None else args.bins
+    report = write_report(args.model, args.data, args.out, bins=bins)
+    print(f"wrote {args.out}: {', '.join([*report['plots'], 'report.md', 'report.json'])}")
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     cfg = load(args.config)
     from widedeep.train.compare import compare
@@ -214,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("data", type=str)
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=_predict)
+
+    s = sub.add_parser("report", help="plots (ROC, precision-recall, reliability, scores, learning curves) and report.md")
+    s.add_argument("model", type=Path)
+    s.add_argument("data", type=str, help="file, glob or directory with the label column")
+    s.add_argument("--out", type=Path, required=True, help="folder to write (replaced atomically)")
+    s.add_argument("--bins", type=int, default=None, help="equal-width calibration bins over [0, 1] (default: 10)")
+    s.set_defaults(func=_report)
 
     s = sub.add_parser("compare", help="train wide-only, deep-only and wide & deep on the same data (the paper's Table 1)")
     s.add_argument("config", type=Path)

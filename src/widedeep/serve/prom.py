@@ -37,7 +37,7 @@ class ServerMetrics:
     def render(self, model_version: str) -> str:
         """The metrics page; histogram buckets are cumulative as Prometheus expects."""
         lines = [
-            "# HELP widedeep_requests_total HTTP requests by route and status code.",
+            "# HELP widedeep_requests_total HTTP requests by route and status code (499: the client went away before the answer).",
             "# TYPE widedeep_requests_total counter",
         ]
         with self._lock:
