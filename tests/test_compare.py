@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -48,6 +49,8 @@ def test_compare_trains_three_models_on_one_prepare(tiny_config: Path, tmp_path:
     assert saved["winner"] == result["winner"] and saved["paper"]["deep"]["online_gain"] == "+2.9%"
     md = (out / "compare.md").read_text()
     assert "| wide & deep |" in md and "0.728" in md
+    if importlib.util.find_spec("matplotlib") is not None:  # the plots extra: the three ROC curves on one figure
+        assert saved["roc"] == "roc.png" and (out / "roc.png").read_bytes()[:4] == b"\x89PNG" and "](roc.png)" in md
     assert "| wide only |" in capsys.readouterr().out
 
 

@@ -1,4 +1,7 @@
-"""`widedeep compare`: the paper's Table 1 on your data — wide-only, deep-only and wide & deep trained on the same shards."""
+"""`widedeep compare`: the paper's Table 1 on your data — wide-only, deep-only and wide & deep trained on the same shards.
+
+With matplotlib installed (the `plots` extra) the three models' ROC curves on the eval data go to roc.png beside compare.md.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from widedeep.atomic import write_text_atomic
+import numpy as np
+
+from widedeep.atomic import publish_file, write_text_atomic
 from widedeep.config import Config
 from widedeep.metrics import json_safe
 
@@ -60,9 +65,36 @@ def compare(cfg: Config, device: str = "auto", progress: bool = False) -> dict[s
     result = {"config": str(cfg.path), "models": rows, "paper": PAPER, "winner": winner(rows)}
     table = markdown_table(rows)
     print(table)
+    roc = roc_figure(rows, shared)
+    if roc is not None:
+        result["roc"] = roc.name
+        table += f"\n\n![ROC curves on the eval data]({roc.name})"
     write_text_atomic(out / "compare.json", json.dumps(json_safe(result), indent=2) + "\n")
     write_text_atomic(out / "compare.md", "# Wide vs deep vs wide & deep\n\n" + table + "\n")
     return result
+
+
+def roc_figure(rows: dict[str, dict[str, Any]], cfg: Config) -> Path | None:
+    """`<out>/roc.png`: the trained models' ROC curves on the eval data, on one figure. None (nothing written) without
+    matplotlib, without eval data, or when the eval labels hold one class only."""
+    from widedeep.report.plots import plots_available, roc_plot
+
+    if not plots_available() or not cfg.data.eval:
+        return None
+    from widedeep.artifact import Model
+    from widedeep.report.writer import scores
+
+    curves = {}
+    for kind, row in rows.items():
+        model = Model.load(row["model_dir"])
+        parts = [scores(model, cfg.resolve(spec)) for spec in cfg.data.eval]
+        curves[LABELS[kind]] = (np.concatenate([y for y, _ in parts]), np.concatenate([p for _, p in parts]))
+    if any(len(np.unique(y)) < 2 for y, _ in curves.values()):
+        return None
+    path = cfg.out_dir / "roc.png"
+    with publish_file(path) as tmp:
+        roc_plot(curves, tmp, title="ROC curves on the eval data")
+    return path
 
 
 def eval_metrics(model_dir: Path, cfg: Config) -> dict[str, float]:
