@@ -80,10 +80,10 @@ def test_worse_logloss_alone_fails(tiny_model: Path, variants: dict[str, Path], 
     assert validate(tiny_model, variants["shifted"], table).passed  # the better-calibrated model passes against it
 
 
-def test_nan_scores_fail(variants: dict[str, Path], holdout: Path) -> None:
-    report = validate(variants["nan"], None, holdout)
-    assert failed(report) == ["finite"]
-    assert "NaN" in report.checks[-1].detail
+def test_nan_weights_fail_the_load_check(variants: dict[str, Path], holdout: Path) -> None:
+    report = validate(variants["nan"], None, holdout)  # a diverged model never gets as far as scoring
+    assert failed(report) == ["load"]
+    assert "NaN" in report.checks[0].detail
 
 
 def test_constant_scores_fail(variants: dict[str, Path], holdout: Path) -> None:
