@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from widedeep.config import ConfigError, load
+from widedeep.serve.settings import AUC_TOLERANCE, BACKENDS, LOGLOSS_TOLERANCE, POLL_S, PROJECT_MB
 
-BACKENDS = ("torch", "onnxruntime", "hybrid")  # widedeep.serve.scorer.BACKENDS, without importing torch at start-up
 BACKEND_HELP = (
     "torch: the whole network in torch; onnxruntime: the exported model.onnx; hybrid: embeddings in torch, the MLP with "
     "its context half split out in onnxruntime (fastest). Default: hybrid where onnxruntime is installed, else torch"
@@ -95,6 +95,23 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    cfg = load(args.config)
+    from widedeep.tune import MissingTuneExtra, tune
+
+    try:
+        result = tune(
+            cfg, args.trials, timeout=args.timeout, storage=args.storage, study_name=args.study, jobs=args.jobs,
+            progress=not args.quiet, device=args.device,
+        )  # fmt: skip
+    except MissingTuneExtra as e:
+        print(f"widedeep tune: error: {e}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(result.summary())
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from widedeep.demo import demo
 
@@ -111,10 +128,28 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _join(args: argparse.Namespace) -> int:
+    from widedeep.loop.join import join
+
+    stats = join(
+        load(args.config),
+        args.impressions,
+        args.events,
+        args.out,
+        window=args.window,
+        positive=args.positive,
+        include_immature=args.include_immature,
+        engine=args.engine,
+        memory_limit=args.memory_limit,
+    )
+    print(stats.to_text())
+    return 0
+
+
 def _tolerances(s: argparse.ArgumentParser) -> None:
     s.add_argument("--data", type=str, required=True, help="holdout file, glob or directory with the label column")
-    s.add_argument("--auc-tolerance", type=float, default=0.002, help="largest AUC drop vs the current model that passes")
-    s.add_argument("--logloss-tolerance", type=float, default=0.01, help="largest logloss rise vs the current model that passes")
+    s.add_argument("--auc-tolerance", type=float, default=AUC_TOLERANCE, help="largest AUC drop vs the current model that passes (default: %(default)s)")
+    s.add_argument("--logloss-tolerance", type=float, default=LOGLOSS_TOLERANCE, help="largest logloss rise vs the current model that passes (default: %(default)s)")
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -144,6 +179,19 @@ def _promote(args: argparse.Namespace) -> int:
         return 0
     print(f"not promoted: {args.registry}/CURRENT still -> {registry.current_version() or '(none)'}", file=sys.stderr)
     return 1
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    cfg = load(args.config)
+    from widedeep.loop.retrain import retrain
+
+    given = {"holdout_fraction": args.holdout_fraction, "auc_tolerance": args.auc_tolerance}
+    options = {k: v for k, v in {**given, "logloss_tolerance": args.logloss_tolerance}.items() if v is not None}  # else defaults
+    result = retrain(cfg, args.registry, args.data, day=args.day, name=args.name, device=args.device, **options)
+    if result.report is not None:
+        print(result.report.to_text())
+    print(result.summary(), file=sys.stdout if result.promoted else sys.stderr)
+    return 0 if result.promoted else 1
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -244,6 +292,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_compare)
 
+    s = sub.add_parser("tune", help="search hyper-parameters (the [tune] table) on eval AUC with Optuna; writes <train.out>/tune")
+    s.add_argument("config", type=Path)
+    s.add_argument("--trials", type=int, required=True, help="trials to run now (a study in the storage continues)")
+    s.add_argument("--timeout", type=float, default=None, help="start no trial after this many seconds")
+    s.add_argument(
+        "--storage", default=None,
+        help="the study's storage: a journal file path or a database URL (sqlite:///tune.db, postgresql://...) that "
+        "workers share; default: <train.out>/tune/journal.log",
+    )  # fmt: skip
+    s.add_argument("--study", default=None, help="study name (default: the config file's name without .toml)")
+    s.add_argument("--jobs", type=int, default=1, help="worker processes on this machine")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    s.add_argument("--quiet", action="store_true", help="no progress bar, trial lines or summary")
+    s.set_defaults(func=_tune)
+
     s = sub.add_parser("demo", help="generate app-store data, prepare it, compare the three models, keep the wide & deep one")
     s.add_argument("--out", type=Path, default=Path("runs/demo"))
     s.add_argument("--rows", type=int, default=None, help="training rows to generate (default: the demo size)")
@@ -258,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sub-batch", type=int, default=None, help="candidates per forward pass (default: 200 hybrid, else 100)")
     s.add_argument("--threads", type=int, default=None, help="sub-batches scored in parallel (default: 1 hybrid, else 2)")
     s.add_argument("--intra-op", type=int, default=1, help="torch threads inside one forward pass")
-    s.add_argument("--project-mb", type=int, default=256, help="memory for embeddings folded into the first MLP layer (0: off)")
+    s.add_argument("--project-mb", type=int, default=PROJECT_MB, help="memory for embeddings folded into the first MLP layer (0: off; default: %(default)s)")
     s.add_argument("--int8", action="store_true", help=INT8_HELP)
     from widedeep.serve.limits import Limits  # the limits' defaults (a light module)
 
@@ -285,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-connections", type=int, default=limits.max_connections,
         help="open connections; more are answered 503 and closed (default: %(default)s)",
     )  # fmt: skip
-    s.add_argument("--poll", type=float, default=0.5, help="seconds between checks of a registry's CURRENT")
+    s.add_argument("--poll", type=float, default=POLL_S, help="seconds between checks of a registry's CURRENT (default: %(default)s)")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     s.set_defaults(func=_serve)
 
@@ -308,6 +371,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=None, help="ONNX file to write (default: MODEL/model.onnx)")
     s.set_defaults(func=_export)
 
+    s = sub.add_parser("join", help="label the impression log with the event log: the training data for the next model")
+    s.add_argument("--impressions", nargs="+", required=True, help="impression log: Parquet files, globs or folders")
+    s.add_argument("--events", nargs="+", required=True, help="event log: Parquet or CSV files, globs or folders")
+    s.add_argument("--window", required=True, help="a positive event counts within this long after the impression: 24h, 30m, 2d")
+    s.add_argument("--positive", default="install", help="the event type that makes the label 1")
+    s.add_argument(
+        "--include-immature", action="store_true",
+        help="keep impressions younger than the window (measured from the newest logged time); left out by default",
+    )  # fmt: skip
+    s.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb", help="duckdb: embedded (default); spark: PySpark")
+    s.add_argument("--memory-limit", default=None, help="duckdb: memory cap such as 4GB; past it the join spills to disk beside --out")
+    s.add_argument("--config", type=Path, required=True, help="the config the model is trained with (features, label)")
+    s.add_argument("--out", type=Path, required=True, help="labelled Parquet file to write (atomically)")
+    s.set_defaults(func=_join)
+
     s = sub.add_parser("validate", help="dry-run NEW on a holdout and compare it with CURRENT; exit 1 if it fails")
     s.add_argument("new", type=Path)
     s.add_argument("--against", type=Path, default=None, metavar="CURRENT", help="the model now served (omit: dry run only)")
@@ -322,6 +400,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", default=None, help="version name (default: UTC timestamp + weights sha prefix)")
     s.add_argument("--force", action="store_true", help="switch CURRENT even if validation fails (the report is still logged)")
     s.set_defaults(func=_promote)
+
+    s = sub.add_parser("retrain", help="the daily run: add a day's data, train on the window of days warm-started from the "
+                       "registry's current model, validate on the day's holdout, promote; exit 1 if refused")  # fmt: skip
+    s.add_argument("config", type=Path)
+    s.add_argument("--registry", type=Path, required=True, help="registry root (created if missing)")
+    s.add_argument("--data", nargs="+", required=True, metavar="NEW_FILE", help="all of the new day's files, globs or directories")
+    s.add_argument("--day", default=None, metavar="YYYY-MM-DD", help="the day the data belong to (default: today, UTC)")
+    s.add_argument("--holdout-fraction", type=float, default=None, help="share of the day's rows held out (default: 0.1)")
+    s.add_argument("--name", default=None, help="version name (default: UTC timestamp + weights sha prefix)")
+    s.add_argument("--auc-tolerance", type=float, default=None, help="largest AUC drop vs CURRENT that passes (default: 0.002)")
+    s.add_argument("--logloss-tolerance", type=float, default=None, help="largest logloss rise that passes (default: 0.01)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    s.set_defaults(func=_retrain)
     return p
 
 

@@ -39,7 +39,8 @@ from widedeep.serve.limits import Limits
 from widedeep.serve.live import LiveScorer
 from widedeep.serve.prom import CONTENT_TYPE, ServerMetrics
 from widedeep.serve.request import check_values, parse_object, read_body, required
-from widedeep.serve.scorer import Backend, Scorer
+from widedeep.serve.scorer import Scorer
+from widedeep.serve.settings import POLL_S, PROJECT_MB, Backend
 
 if TYPE_CHECKING:
     import uvicorn
@@ -312,9 +313,9 @@ def serve(
     sub_batch: int | None = None,
     threads: int | None = None,
     limits: Limits = Limits(),
-    poll_s: float = 0.5,
+    poll_s: float = POLL_S,
     intra_op: int = 1,
-    project_mb: int = 256,
+    project_mb: int = PROJECT_MB,
     int8: bool = False,
     log_level: str = "info",
 ) -> None:

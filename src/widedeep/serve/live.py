@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from widedeep.serve.scorer import Scorer
+from widedeep.serve.settings import POLL_S
 
 log = logging.getLogger("widedeep.serve")
 
@@ -31,7 +32,7 @@ class LoadFailure:
 class LiveScorer:
     """Holds the current Scorer for `source` (a model directory or a registry) and reloads on promotion."""
 
-    def __init__(self, source: Path | str, load: Callable[[Path], Scorer], poll_s: float = 0.5):
+    def __init__(self, source: Path | str, load: Callable[[Path], Scorer], poll_s: float = POLL_S):
         from widedeep.serve.registry import Registry, is_registry
 
         self.source = Path(source)

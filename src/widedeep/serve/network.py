@@ -17,6 +17,7 @@ from torch import nn
 
 from widedeep.model.deep import Deep
 from widedeep.model.wide_deep import WideDeep
+from widedeep.serve.settings import PROJECT_MB
 
 
 class Network(Protocol):
@@ -146,7 +147,7 @@ class ContextHalf:
 
 
 MlpRuntime = Literal["torch", "onnxruntime"]
-PROJECT_BYTES = 256 << 20  # default memory for Projection tables
+PROJECT_BYTES = PROJECT_MB << 20  # default memory for Projection tables
 
 
 class TorchNetwork:

@@ -30,7 +30,8 @@ import pyarrow as pa
 
 from widedeep.artifact import WEIGHTS_FILE, model_files, read_meta
 from widedeep.atomic import publish_dir, remove_stale, write_text_atomic
-from widedeep.serve.validate import AUC_TOLERANCE, LOGLOSS_TOLERANCE, INTEGRITY_CHECKS, ValidationReport, validate
+from widedeep.serve.settings import AUC_TOLERANCE, LOGLOSS_TOLERANCE
+from widedeep.serve.validate import INTEGRITY_CHECKS, ValidationReport, validate
 
 __all__ = ["Registry", "RegistryError", "ValidationReport", "is_registry", "validate"]
 

@@ -12,7 +12,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence, get_args
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -20,13 +20,12 @@ from widedeep.batch import pad_ragged
 from widedeep.metrics import sigmoid
 from widedeep.serve.errors import RequestError, locate
 from widedeep.serve.network import PROJECT_BYTES, Network, TorchNetwork
+from widedeep.serve.settings import BACKENDS, Backend
 
 if TYPE_CHECKING:
     from widedeep.features.encoded import Encoded
     from widedeep.features.transform import FeatureSet
 
-Backend = Literal["torch", "onnxruntime", "hybrid"]
-BACKENDS: tuple[str, ...] = get_args(Backend)
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,8 @@ import pyarrow as pa
 from widedeep.artifact import ONNX_FILE, Model, iter_tables
 from widedeep.features.columns import as_label
 from widedeep.metrics import binary_metrics, json_safe, sigmoid
+from widedeep.serve.settings import AUC_TOLERANCE, LOGLOSS_TOLERANCE
 
-AUC_TOLERANCE = 0.002
-LOGLOSS_TOLERANCE = 0.01
 MIN_STD = 1e-6  # scores with a smaller standard deviation count as constant
 ONNX_TOLERANCE = 1e-5  # max |probability difference| between an ONNX export and the weights it came from
 INTEGRITY_CHECKS = frozenset({"load", "onnx_load"})  # the new model's files are missing, modified or unreadable
