@@ -102,12 +102,12 @@ def _tune(args: argparse.Namespace) -> int:
     try:
         result = tune(
             cfg, args.trials, timeout=args.timeout, storage=args.storage, study_name=args.study, jobs=args.jobs,
-            progress=not args.quiet, device=args.device,
+            progress=not args.worker, outputs=not args.worker, device=args.device,
         )  # fmt: skip
     except MissingTuneExtra as e:
         print(f"widedeep tune: error: {e}", file=sys.stderr)
         return 2
-    if not args.quiet:
+    if not args.worker:
         print(result.summary())
     return 0
 
@@ -185,9 +185,9 @@ def _retrain(args: argparse.Namespace) -> int:
     cfg = load(args.config)
     from widedeep.loop.retrain import retrain
 
-    given = {"holdout_fraction": args.holdout_fraction, "auc_tolerance": args.auc_tolerance}
-    options = {k: v for k, v in {**given, "logloss_tolerance": args.logloss_tolerance}.items() if v is not None}  # else defaults
-    result = retrain(cfg, args.registry, args.data, day=args.day, name=args.name, device=args.device, **options)
+    tolerances = {"auc_tolerance": args.auc_tolerance, "logloss_tolerance": args.logloss_tolerance}
+    fraction = {} if args.holdout_fraction is None else {"holdout_fraction": args.holdout_fraction}  # else the library's
+    result = retrain(cfg, args.registry, args.data, day=args.day, name=args.name, device=args.device, **tolerances, **fraction)
     if result.report is not None:
         print(result.report.to_text())
     print(result.summary(), file=sys.stdout if result.promoted else sys.stderr)
@@ -304,7 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--study", default=None, help="study name (default: the config file's name without .toml)")
     s.add_argument("--jobs", type=int, default=1, help="worker processes on this machine")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    s.add_argument("--quiet", action="store_true", help="no progress bar, trial lines or summary")
+    s.add_argument(
+        "--worker", action="store_true",
+        help="only run trials: no progress, summary or outputs (another tune command on the study writes them)",
+    )  # fmt: skip
     s.set_defaults(func=_tune)
 
     s = sub.add_parser("demo", help="generate app-store data, prepare it, compare the three models, keep the wide & deep one")
@@ -409,8 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--day", default=None, metavar="YYYY-MM-DD", help="the day the data belong to (default: today, UTC)")
     s.add_argument("--holdout-fraction", type=float, default=None, help="share of the day's rows held out (default: 0.1)")
     s.add_argument("--name", default=None, help="version name (default: UTC timestamp + weights sha prefix)")
-    s.add_argument("--auc-tolerance", type=float, default=None, help="largest AUC drop vs CURRENT that passes (default: 0.002)")
-    s.add_argument("--logloss-tolerance", type=float, default=None, help="largest logloss rise that passes (default: 0.01)")
+    s.add_argument("--auc-tolerance", type=float, default=AUC_TOLERANCE, help="largest AUC drop vs CURRENT that passes (default: %(default)s)")
+    s.add_argument("--logloss-tolerance", type=float, default=LOGLOSS_TOLERANCE, help="largest logloss rise that passes (default: %(default)s)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.set_defaults(func=_retrain)
     return p
