@@ -111,6 +111,17 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[s
 # Loading
 
 
+def weights_sha256(model_dir: Path | str, *, verify: bool = True) -> str:
+    """The sha256 of a model directory's weights as model.json lists it (a model's identity: registry versions, warm
+    starts, ONNX exports); `verify` first checks every file (`read_meta`). Raises ArtifactError naming the file."""
+    root = Path(model_dir)
+    try:
+        meta = read_meta(root) if verify else json.loads((root / META_FILE).read_text(encoding="utf-8"))
+        return str(meta["files"][WEIGHTS_FILE]["sha256"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ArtifactError(f"{root / META_FILE}: cannot read the weights checksum ({e})") from None
+
+
 def read_meta(model_dir: Path | str) -> dict[str, Any]:
     """Read and verify model.json and the checksums of every file it lists (no tensors are loaded).
 

@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from widedeep.artifact import META_FILE, WEIGHTS_FILE, ArtifactError, read_meta
+from widedeep.artifact import ArtifactError, weights_sha256
 from widedeep.atomic import publish_dir, publish_file, remove_stale, sha256_file, write_text_atomic
 from widedeep.config import Config, RetrainConfig, load, to_dict
 from widedeep.demo import dumps_toml
@@ -146,12 +146,12 @@ def retrain(
 
         # Validation and promotion, unless the registry already holds these weights.
         done = RetrainResult(day.isoformat(), run_dir, model_dir, plan["warm_start"], None, False, None, None)
-        found = version_with_weights(reg, sha)
+        found = reg.find_weights(sha)
         if found is not None:
             return replace(done, version=found, already_promoted=True, current=reg.current_version())
         tolerances = {"auc_tolerance": auc_tolerance, "logloss_tolerance": logloss_tolerance}
         report = reg.promote(model_dir, data=run_dir / HOLDOUT_FILE, name=name, **tolerances)
-        version = version_with_weights(reg, sha) if report.passed else None
+        version = reg.find_weights(sha) if report.passed else None
         return replace(done, version=version, report=report, current=reg.current_version())
 
 
@@ -332,21 +332,7 @@ def _day_lock(run_dir: Path) -> Iterator[None]:
 
 def _model_sha(model_dir: Path) -> str | None:
     """The weights' sha256 of a complete, verified model directory; None when there is none (or it fails to verify)."""
-    if not model_dir.is_dir():
-        return None
     try:
-        return str(read_meta(model_dir)["files"][WEIGHTS_FILE]["sha256"])
-    except (ArtifactError, OSError, KeyError):
+        return weights_sha256(model_dir) if model_dir.is_dir() else None
+    except ArtifactError:
         return None
-
-
-def version_with_weights(reg: Registry, sha: str) -> str | None:
-    """The registry version whose weights have this sha256 (versions are verified when added), if any."""
-    for version in reg.versions():
-        try:
-            meta = json.loads((reg.path(version) / META_FILE).read_text(encoding="utf-8"))
-            if meta["files"][WEIGHTS_FILE]["sha256"] == sha:
-                return version
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return None

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from widedeep.artifact import META_FILE, ONNX_FILE, WEIGHTS_FILE, ArtifactError, Model
+from widedeep.artifact import META_FILE, ONNX_FILE, ArtifactError, Model
+from widedeep.artifact import weights_sha256 as model_weights_sha256
 from widedeep.artifact import ONNX_SIDECAR_FILE as SIDECAR_FILE
 from widedeep.atomic import publish_file, sha256_file, temp_path, write_text_atomic
 from widedeep.batch import pad_ragged
@@ -76,7 +77,7 @@ def export_onnx(model_dir: Path | str, out: Path | str | None = None) -> Path:
     model_dir = Path(model_dir)
     model = Model.load(model_dir)  # verifies the checksums; raises ArtifactError on a missing or corrupt model
     out = Path(out) if out is not None else model_dir / ONNX_FILE
-    return export_network(model.module, model.features, out, weights_sha256=model.meta["files"][WEIGHTS_FILE]["sha256"])
+    return export_network(model.module, model.features, out, weights_sha256=model_weights_sha256(model.path, verify=False))
 
 
 def export_network(module: torch.nn.Module, layout: FeatureLayout, out: Path | str, weights_sha256: str | None = None) -> Path:
@@ -258,10 +259,7 @@ def _verify(onnx_path: Path, meta: dict[str, Any]) -> None:
         )
     model_json = onnx_path.parent / META_FILE
     if model_json.is_file():
-        try:
-            weights = json.loads(model_json.read_text(encoding="utf-8"))["files"][WEIGHTS_FILE]["sha256"]
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ArtifactError(f"{model_json}: cannot read the weights checksum ({e})") from None
+        weights = model_weights_sha256(onnx_path.parent, verify=False)
         if weights != meta.get("weights_sha256"):
             raise ArtifactError(
                 f"{onnx_path}: exported from weights {str(meta.get('weights_sha256'))[:12]}, but {model_json} lists "

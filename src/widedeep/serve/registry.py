@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from widedeep.artifact import WEIGHTS_FILE, model_files, read_meta
+from widedeep.artifact import WEIGHTS_FILE, ArtifactError, model_files, read_meta, weights_sha256
 from widedeep.atomic import publish_dir, remove_stale, write_text_atomic
 from widedeep.serve.settings import AUC_TOLERANCE, LOGLOSS_TOLERANCE
 from widedeep.serve.validate import INTEGRITY_CHECKS, ValidationReport, validate
@@ -117,9 +117,9 @@ class Registry:
         meta = read_meta(src)  # verifies every checksum, and refuses links and stray files, before anything is copied
         sha = meta["files"][WEIGHTS_FILE]["sha256"]
         if name is None:
-            for v in self.versions():
-                if _weights_sha(self.root / VERSIONS / v) == sha:
-                    return v
+            found = self.find_weights(sha)
+            if found is not None:
+                return found
             name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{sha[:8]}"
         if not _NAME.fullmatch(name):
             raise RegistryError(f"{self.root}: invalid version name {name!r} (letters, digits, '.', '_', '-'; at most 128)")
@@ -132,6 +132,16 @@ class Registry:
                 _copy_regular_file(src / file, tmp / file)
             read_meta(tmp)  # the copy is what will be served: verify it, not only the source
         return name
+
+    def find_weights(self, sha: str) -> str | None:
+        """The version whose weights have this sha256, if any (versions were verified when added)."""
+        for v in self.versions():
+            try:
+                if weights_sha256(self.root / VERSIONS / v, verify=False) == sha:
+                    return v
+            except ArtifactError:
+                continue
+        return None
 
     def promote(
         self,
@@ -226,8 +236,3 @@ def _copy_regular_file(src: Path, dst: Path) -> None:
             shutil.copyfileobj(f, out, 1 << 20)
 
 
-def _weights_sha(model_dir: Path) -> str | None:
-    try:
-        return json.loads((model_dir / "model.json").read_text(encoding="utf-8"))["files"][WEIGHTS_FILE]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None

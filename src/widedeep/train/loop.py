@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from widedeep.artifact import weights_sha256
 from widedeep.atomic import remove_stale, write_text_atomic
 from widedeep.batch import Batch
 from widedeep.config import Config, to_dict
@@ -355,7 +356,7 @@ def _start(
     test_part = wd_dist.rank_part([s for s in test_shards if len(s)], d)
     if tc.early_stopping and not eval_part:
         raise ValueError(f"{cfg.path}: [train] early_stopping = {tc.early_stopping} needs eval data ([data] eval is empty)")
-    prev_version = _weights_sha(warm_start) if warm_start is not None else ""
+    prev_version = weights_sha256(warm_start) if warm_start is not None else ""
     fingerprint = run_fingerprint(cfg, fs.fingerprint, prev_version)
     ckpt_dir = cfg.out_dir / "checkpoints" / fingerprint[:16]
     if d.is_main:  # what dead processes of earlier runs left half-written
@@ -536,12 +537,6 @@ def _check_weights(model: torch.nn.Module, step: int) -> None:
 
 def _weights_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
-def _weights_sha(model_dir: Path) -> str:
-    from widedeep.artifact import read_meta
-
-    return str(read_meta(model_dir)["files"]["model.safetensors"]["sha256"])
 
 
 def _prepared(cfg: Config, progress: bool) -> Path:
