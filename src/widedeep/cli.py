@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_compare)
 
-    s = sub.add_parser("tune", help="search hyper-parameters (the [tune] table) on eval AUC with Optuna; writes <train.out>/tune")
+    s = sub.add_parser("tune", help="search hyper-parameters ([tune]) on eval AUC with Optuna; writes <train.out>/tune/<study>")
     s.add_argument("config", type=Path)
     s.add_argument("--trials", type=int, required=True, help="trials to run now (a study in the storage continues)")
     s.add_argument("--timeout", type=float, default=None, help="start no trial after this many seconds")
