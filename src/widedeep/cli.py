@@ -194,6 +194,18 @@ def _retrain(args: argparse.Namespace) -> int:
     return 0 if result.promoted else 1
 
 
+def _ab_report(args: argparse.Namespace) -> int:
+    from widedeep.loop.abreport import REPORT_MD, ab_report, markdown_table
+
+    report = ab_report(
+        args.impressions, args.events, args.out, window=args.window, positive=args.positive, control=args.control,
+        include_immature=args.include_immature,
+    )  # fmt: skip
+    print(markdown_table(report.arms))
+    print(f"wrote {args.out / REPORT_MD} (control: {report.control})")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import logging
 
@@ -416,6 +428,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--logloss-tolerance", type=float, default=LOGLOSS_TOLERANCE, help="largest logloss rise that passes (default: %(default)s)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.set_defaults(func=_retrain)
+
+    s = sub.add_parser("ab-report", help="the online A/B result: each arm's positive rate and lift over the control, with "
+                       "95%% intervals, from the impression and event logs; writes ab_report.md, .json and .png")  # fmt: skip
+    s.add_argument("--impressions", nargs="+", required=True, help="impression log: Parquet files, globs or folders")
+    s.add_argument("--events", nargs="+", required=True, help="event log: Parquet or CSV files, globs or folders")
+    s.add_argument("--window", required=True, help="a positive event counts within this long after the impression: 24h, 30m, 2d")
+    s.add_argument("--positive", default="install", help="the event type that counts as a positive (default: %(default)s)")
+    s.add_argument("--control", default=None, help="the control arm (default: the arm named control, or the only arm)")
+    s.add_argument(
+        "--include-immature", action="store_true",
+        help="count impressions younger than the window (measured from the newest logged time); left out by default",
+    )  # fmt: skip
+    s.add_argument("--out", type=Path, required=True, help="folder to write (replaced atomically)")
+    s.set_defaults(func=_ab_report)
     return p
 
 
