@@ -148,7 +148,8 @@ def write_text_synced(path: Path, text: str) -> None:
     Path(path).write_text(text, encoding="utf-8")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (a dead process's temporary files may be removed)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -167,7 +168,7 @@ def remove_stale(folder: Path | str) -> list[Path]:
     removed = []
     for entry in folder.iterdir():
         m = _TEMP.match(entry.name)
-        if m and m["host"] == _HOST and not _alive(int(m["pid"])):
+        if m and m["host"] == _HOST and not process_alive(int(m["pid"])):
             _remove(entry)
             removed.append(entry)
     return removed

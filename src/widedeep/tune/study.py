@@ -185,11 +185,11 @@ def fail_dead_trials(study: optuna.Study) -> None:
     of other hosts)."""
     from optuna.trial import TrialState
 
-    from widedeep.atomic import _alive
+    from widedeep.atomic import process_alive
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
-        if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+        if host == socket.gethostname() and isinstance(pid, int) and not process_alive(pid):
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
 
 
