@@ -118,3 +118,65 @@ def test_cached_world_is_read_only():
     w = world(0)
     with pytest.raises(ValueError, match="read-only"):
         w.pair_effect[0] = 0.0
+
+
+def app_ids(names: pa.ChunkedArray) -> np.ndarray:
+    return np.char.lstrip(names.to_numpy(zero_copy_only=False).astype(str), "ap").astype(np.int64)  # "app042" -> 42
+
+
+def test_install_probability_is_the_labels_bernoulli_parameter():
+    """Binned by the ground-truth probability, the generated labels' rate matches the mean probability in every bin."""
+    from widedeep.datasets.app_store import install_probability
+
+    t = rows(60_000)
+    p = install_probability(t["user_id"].to_numpy(), app_ids(t["impression_app"]))
+    label = t["installed"].to_numpy()
+    edges = np.quantile(p, np.linspace(0, 1, 11))
+    which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, 9)
+    for b in range(10):
+        pb, yb = p[which == b], label[which == b]
+        assert abs(yb.mean() - pb.mean()) < 4 * np.sqrt((pb * (1 - pb)).sum()) / len(pb) + 1e-9, (b, yb.mean(), pb.mean())
+    assert p[label == 1].mean() > p[label == 0].mean() + 0.2  # it separates the labels, not just their mean
+
+
+def test_install_probability_follows_the_documented_formula():
+    """The logit written out pair by pair from the world's parameters, memorized pairs included."""
+    from widedeep.datasets.app_store import install_probability
+
+    w, rng = world(0), np.random.default_rng(5)
+    effect = dict(zip(w.pair_keys.tolist(), w.pair_effect.tolist()))
+    pairs = w.pair_keys[: len(w.pair_keys) // 4]
+    user = rng.integers(0, 50_000, 300)
+    app = rng.integers(0, N_APPS, 300)
+    # every other pair made to hit a memorized pair: an app paired with one the user installed
+    for n in range(0, 300, 2):
+        mine = w.installed[w.installed_offsets[user[n]] : w.installed_offsets[user[n] + 1]]
+        hits = [k % N_APPS for k in pairs.tolist() if k // N_APPS in set(mine.tolist())]
+        app[n] = hits[0] if hits else app[n]
+    expected = []
+    for u, a in zip(user.tolist(), app.tolist()):
+        mine = w.installed[w.installed_offsets[u] : w.installed_offsets[u + 1]].tolist()
+        logit = (-2.1 + 0.8 * float(w.user_taste[u] @ w.app_trait[a]) + sum(effect.get(i * N_APPS + a, 0.0) for i in mine)
+                 + w.app_quality[a] - 0.5 * np.log1p(w.app_price[a]) * w.frugal[w.user_country[u]])  # fmt: skip
+        expected.append(1 / (1 + np.exp(-logit)))
+    got = install_probability(user, app)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert sum(any(effect.get(i * N_APPS + a) for i in w.installed[w.installed_offsets[u] : w.installed_offsets[u + 1]].tolist())
+               for u, a in zip(user.tolist(), app.tolist())) > 50  # fmt: skip
+
+
+def test_install_probability_checks_its_input():
+    from widedeep.datasets.app_store import install_probability
+
+    with pytest.raises(ValueError, match=r"app ids must lie in \[0, 1000\), got 0..1000"):
+        install_probability(np.array([1, 2]), np.array([0, 1000]))
+    with pytest.raises(ValueError, match="one length"):
+        install_probability(np.array([1, 2]), np.array([0]))
+
+
+def test_users_and_apps_give_the_rows_columns():
+    from widedeep.datasets.app_store import APP_COLUMNS, USER_COLUMNS, apps, users
+
+    t = rows(3000, seed=2)
+    assert users(t["user_id"].to_numpy(), seed=2).equals(t.select(USER_COLUMNS))
+    assert apps(app_ids(t["impression_app"]), seed=2).equals(t.select(APP_COLUMNS))

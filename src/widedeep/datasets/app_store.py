@@ -23,6 +23,9 @@ Ground truth (`installed` ~ Bernoulli(sigmoid(logit))), with u the user's latent
     M      = 4,000 random (installed app, impression app) pairs among the 300 most popular apps, |effect| ~ U(1.5, 3),
              70% positive (complements) and 30% negative (substitutes); zero elsewhere.
 
+`install_probability(user, app)` is sigmoid(logit) for any (user id, app id) pairs, and `users(ids)` / `apps(ids)` give
+their feature columns: what an online simulation needs to rank candidates and decide installs.
+
 Users install apps about popularity * exp(<u, t>), so e_user is visible only through installed_apps.
 An embedding model learns <u, t> from a few dims per value and carries it to pairs never seen together; M is a sparse,
 high-rank matrix that it underfits but that an installed_app x impression_app cross memorizes. The `eval` split also
@@ -229,25 +232,47 @@ def _block(w: World, seed: int, split: Split, index: int) -> dict[str, np.ndarra
     if split == "eval":
         app = np.where(rng.random(n) < NEW_APP_SHARE, np.searchsorted(w.new_cdf, rng.random(n), side="right"), app)
     app = app.clip(0, N_APPS - 1)
+    lengths, flat = _installed(w, user)
+    label = (rng.random(n) < 1.0 / (1.0 + np.exp(-_logit(w, user, app, lengths, flat)))).astype(np.int64)
+    return {"user": user, "app": app, "lengths": lengths, "flat": flat, "label": label}
 
+
+def _installed(w: World, user: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lengths, flat): each user's number of installed apps, and their app ids concatenated in user order."""
     starts, lengths = w.installed_offsets[user], np.diff(w.installed_offsets)[user]
-    row = np.repeat(np.arange(n), lengths)  # one entry per (row, installed app)
     flat = w.installed[np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())]
+    return lengths, flat
+
+
+def _logit(w: World, user: np.ndarray, app: np.ndarray, lengths: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """The ground-truth install logit of each (user, app) pair (the formula in the module docstring)."""
+    n = len(user)
+    row = np.repeat(np.arange(n), lengths)  # one entry per (row, installed app)
     keys = flat * N_APPS + app[row]
     pos = np.searchsorted(w.pair_keys, keys).clip(0, len(w.pair_keys) - 1)
     hit = w.pair_keys[pos] == keys
     memorized = np.bincount(row[hit], weights=w.pair_effect[pos[hit]], minlength=n)
-
     country = w.user_country[user]
-    logit = (
+    return (
         -2.1
         + 0.8 * np.einsum("nk,nk->n", w.user_taste[user], w.app_trait[app])
         + memorized
         + w.app_quality[app]
         - 0.5 * np.log1p(w.app_price[app]) * w.frugal[country]
     )
-    label = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
-    return {"user": user, "app": app, "lengths": lengths, "flat": flat, "label": label}
+
+
+def install_probability(user: np.ndarray, app: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The ground truth P(install) of showing app id `app[i]` to user id `user[i]`: the Bernoulli parameter behind the
+    `installed` label of world `seed` (user ids as in the user_id column, app ids the number in an app's name)."""
+    w = world(seed)
+    user, app = np.asarray(user, dtype=np.int64), np.asarray(app, dtype=np.int64)
+    if user.shape != app.shape or user.ndim != 1:
+        raise ValueError(f"install_probability: user and app must be 1-d arrays of one length, got {user.shape} and {app.shape}")
+    for name, ids, size in (("user", user, N_USERS), ("app", app, N_APPS)):
+        if ids.size and (ids.min() < 0 or ids.max() >= size):
+            raise ValueError(f"install_probability: {name} ids must lie in [0, {size}), got {ids.min()}..{ids.max()}")
+    return 1.0 / (1.0 + np.exp(-_logit(w, user, app, *_installed(w, user))))
 
 
 def _names(prefix: str, n: int) -> pa.Array:
@@ -269,26 +294,54 @@ def _vocab() -> dict[str, pa.Array]:
 
 def _table(w: World, b: dict[str, np.ndarray], rows: int) -> pa.Table:
     """The first `rows` rows of a block as an Arrow table (strings by `take` from small vocabularies)."""
-    v, user, app = _vocab(), b["user"][:rows], b["app"][:rows]
     lengths = b["lengths"][:rows]
+    users = _user_columns(w, b["user"][:rows], lengths, b["flat"][: lengths.sum()])
+    columns = [*users, *_app_columns(w, b["app"][:rows]), pa.array(b["label"][:rows], pa.int64())]
+    return pa.Table.from_arrays(columns, schema=SCHEMA)
+
+
+def _user_columns(w: World, user: np.ndarray, lengths: np.ndarray, flat: np.ndarray) -> list[pa.Array]:
+    """user_id .. installed_apps of SCHEMA."""
+    v = _vocab()
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    installed = pa.ListArray.from_arrays(pa.array(offsets), v["app"].take(pa.array(b["flat"][: offsets[-1]])))
+    installed = pa.ListArray.from_arrays(pa.array(offsets), v["app"].take(pa.array(flat)))
     age = w.user_age[user]
-    columns = [
+    return [
         pa.array(user, pa.int64()),
         v["country"].take(pa.array(w.user_country[user])),
         v["language"].take(pa.array(w.user_lang[user])),
         v["device"].take(pa.array(w.user_device[user])),
         pa.array(age, pa.float64(), mask=np.isnan(age)),
         installed,
+    ]
+
+
+def _app_columns(w: World, app: np.ndarray) -> list[pa.Array]:
+    """impression_app .. app_rating of SCHEMA."""
+    v = _vocab()
+    return [
         v["app"].take(pa.array(app)),
         v["category"].take(pa.array(w.app_category[app])),
         v["developer"].take(pa.array(w.app_developer[app])),
         pa.array(w.app_price[app], pa.float64()),
         pa.array(w.app_rating[app], pa.float64()),
-        pa.array(b["label"][:rows], pa.int64()),
     ]
-    return pa.Table.from_arrays(columns, schema=SCHEMA)
+
+
+USER_COLUMNS, APP_COLUMNS = SCHEMA.names[:6], SCHEMA.names[6:11]
+
+
+def users(user: np.ndarray, seed: int = 0) -> pa.Table:
+    """The user columns of SCHEMA (user_id, country, language, device, age, installed_apps) of these user ids."""
+    w = world(seed)
+    user = np.asarray(user, dtype=np.int64)
+    return pa.Table.from_arrays(_user_columns(w, user, *_installed(w, user)), schema=pa.schema([SCHEMA.field(c) for c in USER_COLUMNS]))
+
+
+def apps(app: np.ndarray, seed: int = 0) -> pa.Table:
+    """The app columns of SCHEMA (impression_app, app_category, app_developer, app_price, app_rating) of these app ids."""
+    columns = _app_columns(world(seed), np.asarray(app, dtype=np.int64))
+    return pa.Table.from_arrays(columns, schema=pa.schema([SCHEMA.field(c) for c in APP_COLUMNS]))
 
 
 def app_store(n_rows: int, seed: int = 0, chunk_rows: int = 65_536, split: Split = "train") -> Iterator[pa.Table]:
