@@ -10,6 +10,7 @@ from pathlib import Path
 
 from widedeep.config import ConfigError, load
 from widedeep.serve.settings import AUC_TOLERANCE, BACKENDS, LOGLOSS_TOLERANCE, POLL_S, PROJECT_MB
+from widedeep.serve.settings import LOG_QUEUE, LOG_ROLL_MB, LOG_ROLL_ROWS, LOG_ROLL_S, LOG_SAMPLE, SPLIT_KEY
 
 BACKEND_HELP = (
     "torch: the whole network in torch; onnxruntime: the exported model.onnx; hybrid: embeddings in torch, the MLP with "
@@ -222,8 +223,16 @@ def _serve(args: argparse.Namespace) -> int:
         keep_alive_timeout=args.keep_alive_timeout,
         max_connections=args.max_connections,
     )
+    from widedeep.loop.logs import Rolling
+
+    rolling = Rolling(seconds=args.log_roll_seconds, rows=args.log_roll_rows, mb=args.log_roll_mb, queue=args.log_queue)
     serve(
         args.model,
+        arms=args.arms,
+        split_key=args.split_key,
+        log_dir=args.log_dir,
+        log_sample=args.log_sample,
+        rolling=rolling,
         host=args.host,
         port=args.port,
         backend=args.backend,
@@ -328,8 +337,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_demo)
 
-    s = sub.add_parser("serve", help="serve MODEL (a model directory or a registry, hot-reloaded) over HTTP: /v1/recommend, /v1/score")
-    s.add_argument("model", type=Path, metavar="MODEL_OR_REGISTRY")
+    s = sub.add_parser("serve", help="serve MODEL (a model directory or a registry, hot-reloaded), or A/B --arms, over HTTP: "
+                       "/v1/recommend, /v1/score, /v1/events")  # fmt: skip
+    s.add_argument("model", type=Path, nargs="?", default=None, metavar="MODEL_OR_REGISTRY", help="omit with --arms")
+    s.add_argument(
+        "--arms", default=None, metavar="NAME=PATH:WEIGHT,...",
+        help="A/B arms instead of MODEL_OR_REGISTRY, e.g. control=models/a:50,treatment=registry:50; PATH is a model "
+        "directory, a registry (hot-reloaded) or REG@VERSION (pinned); weights are relative integers",
+    )  # fmt: skip
+    s.add_argument("--split-key", default=SPLIT_KEY, help="context field whose stable hash picks a request's arm (default: %(default)s)")
+    s.add_argument("--log-dir", type=Path, default=None, help="log impressions to DIR/impressions/ and accept POST /v1/events into DIR/events/")
+    s.add_argument("--log-sample", type=float, default=LOG_SAMPLE, help="share of ranking requests logged, by request id (default: %(default)s)")
+    s.add_argument("--log-roll-seconds", type=float, default=LOG_ROLL_S, help="write a log part file this long after its first row (default: %(default)s)")
+    s.add_argument("--log-roll-rows", type=int, default=LOG_ROLL_ROWS, help="... or once it holds this many rows (default: %(default)s)")
+    s.add_argument("--log-roll-mb", type=float, default=LOG_ROLL_MB, help="... or this many MB (default: %(default)s)")
+    s.add_argument(
+        "--log-queue", type=int, default=LOG_QUEUE,
+        help="answers (or event posts) waiting to be logged; past it rows are dropped and counted (default: %(default)s)",
+    )  # fmt: skip
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--backend", choices=BACKENDS, default=None, help=BACKEND_HELP)

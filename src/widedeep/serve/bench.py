@@ -167,11 +167,13 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`widedeep serve MODEL` in a subprocess (so the client never shares the server's interpreter), ready when /healthz is."""
+    """`widedeep serve MODEL` in a subprocess (so the client never shares the server's interpreter), ready when /healthz is;
+    `extra` are more arguments for `widedeep serve` (--log-dir ...)."""
 
-    def __init__(self, model: Path | str, sub_batch: int, threads: int, backend: str = "torch", wait: bool = True, int8: bool = False):
+    def __init__(self, model: Path | str, sub_batch: int, threads: int, backend: str = "torch", wait: bool = True, int8: bool = False,
+                 extra: Sequence[str] = ()):  # fmt: skip
         self.args = [str(model), "--sub-batch", str(sub_batch), "--threads", str(threads), "--backend", backend]
-        self.args += ["--int8"] if int8 else []
+        self.args += (["--int8"] if int8 else []) + list(extra)
         self._start()
         if wait:
             self.wait()

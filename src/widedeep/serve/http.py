@@ -1,10 +1,36 @@
-"""The ranking HTTP API: a thin FastAPI layer over a Scorer, with limits, precise 4xx errors, metrics and hot reload.
+"""The ranking HTTP API: a thin FastAPI layer over a Scorer, with limits, precise 4xx errors, metrics and hot reload,
+impression and event logs, and A/B arms.
 
-Routes: POST /v1/recommend and /v1/score (JSON bodies, ``Content-Type: application/json``); GET /v1/model (version,
-training metadata, features, limits; never a local path); GET /healthz (liveness: up, with a model); GET /readyz
-(readiness: 503 naming the version and the reason while the registry's current version could not be loaded and the
-previous model keeps serving); GET /metrics (Prometheus). Bad input always gets a 4xx JSON error naming the field (or the
-header); 500 is only for bugs. A client that goes away before its answer is counted as status 499 and logged at info.
+Routes: POST /v1/recommend and /v1/score (JSON bodies, ``Content-Type: application/json``); POST /v1/events (outcomes,
+with --log-dir); GET /v1/model (version, training metadata, features, limits, the arms; never a local path); GET /healthz
+(liveness: up, with a model); GET /readyz (readiness: 503 naming the version and the reason while a registry's current
+version could not be loaded and the previous model keeps serving); GET /metrics (Prometheus). Bad input always gets a 4xx
+JSON error naming the field (or the header); 500 is only for bugs. A client that goes away before its answer is counted
+as status 499 and logged at info.
+
+Every /v1/recommend answer has a `request_id`: the client's (a top-level ``"request_id"``, a non-empty string of at most
+128 characters) or a fresh uuid4 hex, and the `arm` that answered ("default" with one model).
+
+Impression logging, ``widedeep serve MODEL --log-dir DIR [--log-sample 1.0]``: each returned item of a /v1/recommend
+answer is one row of DIR/impressions/part-<UTC time>-<seq>.parquet (`widedeep.loop.schema.impression_schema`: request id,
+time, model version, arm, position, candidate index, score, and the context's and candidate's features as received).
+--log-sample keeps that share of the requests (whole requests, by a hash of the request id). The request only enqueues;
+a background thread writes part files when the oldest row is --log-roll-seconds old (60) or a file reaches
+--log-roll-rows / --log-roll-mb, and on shutdown (SIGTERM). Each file appears whole or not at all; a killed server loses
+at most the rows of the interval it had not written. When --log-queue answers wait, further rows are dropped and counted
+(`widedeep_log_dropped_total{log="impressions"}`); the request is never slowed or failed.
+
+Outcome events, POST /v1/events ``{"events": [{"request_id": "...", "index": 3, "type": "install", "time":
+"2026-12-01T10:00:00Z"}]}``: `index` is the candidate's position in the request's candidate list, `time` (ISO-8601 with a
+zone) is optional (the server stamps its receive time). The events go to DIR/events/ (`EVENT_SCHEMA`) the same way; a
+bad event gets a 422 naming the field (``events[2].index``), an unknown request id is accepted (the join counts it),
+a full queue answers 503 (retry). Without --log-dir the route answers 404.
+
+A/B arms, ``widedeep serve --arms control=PATH:50,treatment=PATH:50 [--split-key user_id]`` (instead of MODEL): each arm
+follows a model directory, a registry (hot-reloaded) or a pinned version ``REG@VERSION``; weights are relative integers.
+A ranking request's arm is picked by a stable hash of the split key in its context (so a user keeps their arm across
+requests and restarts); a request without it gets a 422 naming ``context.<key>``. /v1/score uses the first arm unless
+the body names one (``"arm": "treatment"``). The arm is in every answer, every impression row, /v1/model and /metrics.
 
 Bodies are read on the event loop under a deadline (widedeep.serve.request) and parsed with orjson straight from bytes
 (no per-field model validation on the hot path); parsing, the feature transform and the scoring run in a worker thread,
@@ -20,6 +46,7 @@ import gc
 import logging
 import threading
 import time
+import uuid
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -28,102 +55,83 @@ from typing import TYPE_CHECKING, Any, Callable
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from widedeep.loop.arms import Arms, parse_arms
 from widedeep.metrics import json_safe
 from widedeep.serve.errors import RequestError
 from widedeep.serve.limits import Limits
 from widedeep.serve.live import LiveScorer
-from widedeep.serve.prom import CONTENT_TYPE, ServerMetrics
-from widedeep.serve.request import check_values, parse_object, read_body, required
+from widedeep.serve.openapi import (
+    ERRORS,
+    EVENT_ERRORS,
+    EventsRequest,
+    EventsResponse,
+    RecommendRequest,
+    RecommendResponse,
+    ScoreRequest,
+    ScoreResponse,
+    body_doc,
+)
+from widedeep.serve.prom import CONTENT_TYPE, LogCounts, ServerMetrics
+from widedeep.serve.request import check_values, parse_events, parse_object, read_body, request_id, required
 from widedeep.serve.scorer import Scorer
-from widedeep.serve.settings import POLL_S, PROJECT_MB, Backend
+from widedeep.serve.settings import LOG_SAMPLE, POLL_S, PROJECT_MB, SPLIT_KEY, Backend
 
 if TYPE_CHECKING:
     import uvicorn
 
+    from widedeep.loop.logs import Rolling, ServerLogs
+
 log = logging.getLogger("widedeep.serve")
 
 CLIENT_GONE = 499  # the status counted for a client that disconnected before its answer (nginx's convention)
-
-
-# -- documentation models (not used to parse) ----------------------------------------------------------------------------
-
-
-class RecommendRequest(BaseModel):
-    context: dict[str, Any] = Field(default_factory=dict, description="user and context features, transformed once")
-    candidates: list[dict[str, Any]] = Field(description="item features of each candidate (1 to max_candidates)")
-    k: int = Field(10, ge=1, description="how many candidates to return")
-
-
-class RankedItem(BaseModel):
-    index: int = Field(description="position in the request's candidate list")
-    score: float = Field(description="P(acquisition | context, candidate)")
-
-
-class RecommendResponse(BaseModel):
-    model_version: str
-    items: list[RankedItem]
-
-
-class ScoreRequest(BaseModel):
-    instances: list[dict[str, Any]] = Field(description="full feature records")
-
-
-class ScoreResponse(BaseModel):
-    model_version: str
-    scores: list[float]
-
-
-class ErrorBody(BaseModel):
-    field: str = Field(
-        description="JSON path of the offending value, e.g. candidates[3].app_price ('' for the whole body; the header's "
-        "name, e.g. Content-Type, for a header)"
-    )
-    message: str
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
-def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
-
-
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 408, 413, 415, 422)}
+Work = tuple[dict[str, Any], Callable[[], None] | None]  # an answer, and what to do once it goes out
 
 
 # -- the app -------------------------------------------------------------------------------------------------------------
 
 
-def create_app(live: LiveScorer, limits: Limits = Limits()) -> FastAPI:
-    """The FastAPI app serving `live` within `limits`; its registry watcher runs for the app's lifetime."""
+def create_app(live: LiveScorer | Arms, limits: Limits = Limits(), logs: ServerLogs | None = None) -> FastAPI:
+    """The FastAPI app serving `live` (one model, the arm "default", or several A/B arms) within `limits`, logging
+    impressions and events to `logs` if given; registry watchers and log writers run for the app's lifetime."""
+    arms = live if isinstance(live, Arms) else Arms.single(live)
     metrics = ServerMetrics()
+    if logs is not None:
+        for arm in arms:
+            logs.check(arm.live.scorer.features.features)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        live.start()
+        if logs is not None:
+            logs.start()
+        arms.start()
         try:
             yield
         finally:
-            live.stop()
+            arms.stop()
+            if logs is not None:
+                logs.stop()  # writes what is queued: uvicorn has answered every request by now
 
     app = FastAPI(title="widedeep ranking API", version="1", lifespan=lifespan)
-    app.state.live, app.state.metrics, app.state.limits = live, metrics, limits
+    app.state.live, app.state.arms, app.state.logs = arms.first.live, arms, logs
+    app.state.metrics, app.state.limits = metrics, limits
 
-    async def answer(request: Request, route: str, work: Callable[[Scorer, bytes], dict[str, Any]]) -> Response:
-        """Read the body here, run `work` (parse, check, score) in a worker thread, and answer with JSON."""
+    async def answer(request: Request, route: str, work: Callable[[bytes], Work]) -> Response:
+        """Read the body here, run `work` (parse, check, score) in a worker thread, and answer with JSON; what `work`
+        leaves to do once the answer goes out (queue its impressions) is skipped for a client that went away."""
         t0 = time.perf_counter()
-        scorer = live.scorer  # taken once: a hot reload never changes the model under a request
         try:
             body = await read_body(request, limits)
-            out = await run_in_threadpool(work, scorer, body)
+            out, then = await run_in_threadpool(work, body)
             if await request.is_disconnected():
                 raise ClientDisconnect()
+            if then is not None:
+                then()
+            if "arm" in out:
+                metrics.observe_arm(out["arm"], route)
             return _json(out, 200, metrics, route, t0)
         except ClientDisconnect:
             log.info("%s: the client disconnected before the answer", route)
@@ -132,61 +140,92 @@ def create_app(live: LiveScorer, limits: Limits = Limits()) -> FastAPI:
         except Exception as e:  # noqa: BLE001 -- every failure becomes a JSON answer; bugs are logged
             return _failure(e, metrics, route, t0)
 
-    def recommend_work(scorer: Scorer, body: bytes) -> dict[str, Any]:
+    def recommend_work(body: bytes) -> Work:
         doc = parse_object(body)
+        rid = request_id(doc)
         context = doc.get("context", {})
+        arm = arms.assign(context)
+        scorer = arm.live.scorer  # taken once: a hot reload never changes the model under a request
         candidates = required(doc, "candidates")
         if isinstance(candidates, list) and len(candidates) > limits.max_candidates:
             raise RequestError("candidates", f"{len(candidates)} candidates exceed the limit of {limits.max_candidates}")
         check_values({"context": context, "candidates": candidates}, scorer.features.input_columns, body, limits.max_string_bytes)
         ranked = scorer.recommend(context, candidates, doc.get("k", 10))
-        items = [{"index": i, "score": s} for i, s in zip(ranked.index.tolist(), ranked.score.tolist())]
-        return {"model_version": scorer.version, "items": items}
+        rid = rid or uuid.uuid4().hex
+        index, score = ranked.index.tolist(), ranked.score.tolist()
+        then = None
+        if logs is not None:
+            then = functools.partial(logs.answer, rid, scorer.version, arm.name, index, score, context, candidates, scorer.features.features)
+        items = [{"index": i, "score": s} for i, s in zip(index, score)]
+        return {"request_id": rid, "model_version": scorer.version, "arm": arm.name, "items": items}, then
 
-    def score_work(scorer: Scorer, body: bytes) -> dict[str, Any]:
+    def score_work(body: bytes) -> Work:
         doc = parse_object(body)
+        arm = arms.named(doc["arm"]) if "arm" in doc else arms.first
+        scorer = arm.live.scorer
         instances = required(doc, "instances")
         if isinstance(instances, list) and len(instances) > limits.max_candidates:
             raise RequestError("instances", f"{len(instances)} instances exceed the limit of {limits.max_candidates}")
         check_values({"instances": instances}, scorer.features.input_columns, body, limits.max_string_bytes)
-        return {"model_version": scorer.version, "scores": scorer.score(instances).tolist()}
+        return {"model_version": scorer.version, "arm": arm.name, "scores": scorer.score(instances).tolist()}, None
 
-    @app.post("/v1/recommend", response_model=RecommendResponse, responses=_ERRORS, openapi_extra=_body_doc(RecommendRequest))
+    def events_work(body: bytes) -> Work:
+        if logs is None:
+            raise RequestError("", "event logging is off: start the server with --log-dir DIR to accept events", 404)
+        events = parse_events(parse_object(body), limits.max_candidates, time.time_ns() // 1000)
+        if not logs.post_events(events):
+            raise RequestError("", "the event log's queue is full; these events were not logged, send them again", 503)
+        return {"accepted": len(events)}, None
+
+    @app.post("/v1/recommend", response_model=RecommendResponse, responses=ERRORS, openapi_extra=body_doc(RecommendRequest))
     async def recommend(request: Request) -> Response:
         """Rank the candidates for one context and return the top k with their probabilities, best first."""
         return await answer(request, "/v1/recommend", recommend_work)
 
-    @app.post("/v1/score", response_model=ScoreResponse, responses=_ERRORS, openapi_extra=_body_doc(ScoreRequest))
+    @app.post("/v1/score", response_model=ScoreResponse, responses=ERRORS, openapi_extra=body_doc(ScoreRequest))
     async def score(request: Request) -> Response:
         """One probability per instance, in request order."""
         return await answer(request, "/v1/score", score_work)
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        """Liveness: the server is up and has a model."""
-        return {"status": "ok", "model_version": live.scorer.version}
+    @app.post("/v1/events", response_model=EventsResponse, responses=EVENT_ERRORS, openapi_extra=body_doc(EventsRequest))
+    async def events(request: Request) -> Response:
+        """Log outcomes (install, click, ...) of shown candidates for the label join; 404 unless the server logs."""
+        return await answer(request, "/v1/events", events_work)
 
-    @app.get("/readyz", responses={503: {"description": "the registry's current version could not be loaded"}})
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        """Liveness: the server is up and has a model (with A/B arms: the first arm's, and each arm's)."""
+        out: dict[str, Any] = {"status": "ok", "model_version": arms.first.live.scorer.version}
+        if len(arms) > 1:
+            out["arms"] = {a.name: a.live.scorer.version for a in arms}
+        return out
+
+    @app.get("/readyz", responses={503: {"description": "a registry's current version could not be loaded"}})
     async def readyz() -> Response:
-        """Readiness: 503 while the registry's current version could not be loaded (the previous model keeps serving)."""
-        failure = live.failure
-        serving = {"model_version": live.scorer.version, "registry_version": live.registry_version}
-        if failure is None:
-            return Response(orjson.dumps({"status": "ready", **serving}), media_type="application/json")
-        what = f"registry version {failure.version!r} could not be loaded" if failure.version else "CURRENT could not be read"
-        message = f"{what}: {failure.reason}; still serving {live.registry_version!r}"
-        doc = {"status": "not ready", "error": {"field": "", "message": message}, "failed_version": failure.version,
-               "reason": failure.reason, **serving}  # fmt: skip
-        return Response(orjson.dumps(doc), status_code=503, media_type="application/json")
+        """Readiness: 503 while a registry's current version could not be loaded (the previous model keeps serving)."""
+        states = [a.live.readiness() for a in arms]
+        if len(arms) == 1:
+            doc = states[0]
+        else:
+            first = states[0]
+            doc = {"status": "ready" if all(s["status"] == "ready" for s in states) else "not ready",
+                   "model_version": first["model_version"], "registry_version": first["registry_version"],
+                   "arms": {a.name: s for a, s in zip(arms, states)}}  # fmt: skip
+            failed = next((f"arm {a.name!r}: {s['error']['message']}" for a, s in zip(arms, states) if "error" in s), None)
+            if failed is not None:
+                doc["error"] = {"field": "", "message": failed}
+        return Response(orjson.dumps(doc), status_code=200 if doc["status"] == "ready" else 503, media_type="application/json")
 
     @app.get("/v1/model")
     async def model() -> dict[str, Any]:
-        """The model being served: version, training metadata and metrics, input features, limits."""
+        """The model being served (the first arm's, with A/B arms): version, training metadata and metrics, input
+        features, limits; then every arm, the split key and what is logged."""
+        live = arms.first.live
         s = live.scorer
         meta = s.meta
         return {
             "version": s.version,
-            "registry_version": live.registry_version,
+            "registry_version": arms.first.pinned or live.registry_version,
             "backend": meta.get("backend"),
             "int8": meta.get("int8"),
             "sub_batch": s.sub_batch,
@@ -202,13 +241,19 @@ def create_app(live: LiveScorer, limits: Limits = Limits()) -> FastAPI:
             ],
             "inputs": list(s.features.input_columns),
             "limits": asdict(limits),
+            "arms": arms.describe(),
+            "split_key": arms.split_key if len(arms) > 1 else None,
+            "logging": None if logs is None else {"impressions": True, "events": True, "sample": logs.sample},
         }
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        """Prometheus metrics: request counts by route and status, latency histogram, model version, reloads."""
-        metrics.reloads, metrics.reload_failures = live.reloads, live.reload_failures
-        return Response(metrics.render(live.scorer.version), media_type=CONTENT_TYPE)
+        """Prometheus metrics: request counts by route and status, latency histogram, model version and requests by
+        arm, reloads, logged and dropped rows."""
+        metrics.reloads = sum(a.live.reloads for a in arms)
+        metrics.reload_failures = sum(a.live.reload_failures for a in arms)
+        counts = [LogCounts(lg.name, lg.written, lg.dropped, lg.files) for lg in logs] if logs is not None else []
+        return Response(metrics.render({a.name: a.live.scorer.version for a in arms}, counts), media_type=CONTENT_TYPE)
 
     return app
 
@@ -305,8 +350,13 @@ def uvicorn_config(app: Any, limits: Limits, **kwargs: Any) -> uvicorn.Config:
 
 
 def serve(
-    source: Path | str,
+    source: Path | str | None = None,
     *,
+    arms: str | None = None,
+    split_key: str = SPLIT_KEY,
+    log_dir: Path | str | None = None,
+    log_sample: float = LOG_SAMPLE,
+    rolling: Rolling | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     backend: Backend | None = None,
@@ -319,13 +369,18 @@ def serve(
     int8: bool = False,
     log_level: str = "info",
 ) -> None:
-    """Run the ranking server until interrupted (loads the model first, so a bad model fails before binding).
+    """Run the ranking server until interrupted (loads the models first, so a bad model fails before binding).
+
+    Serves `source` (a model directory or a registry) or the A/B `arms` (``NAME=PATH:WEIGHT,...``, split by `split_key`);
+    with `log_dir`, logs impressions (a `log_sample` share of the requests) and accepts events, rolled by `rolling`.
 
     Defaults chosen for 2 cores: the `hybrid` backend (the MLP in onnxruntime, context half split out) where onnxruntime
     is installed, one 200-candidate pass on its 2 threads; else torch with 100-candidate sub-batches on 2 threads. Torch
     itself gets 1 thread per forward pass (2 intra-op threads spin and slow down 5-10x when the cores are shared).
     uvicorn picks uvloop (the serve extra); the HTTP parser is httptools (GuardedProtocol).
     """
+    if (source is None) == (arms is None):
+        raise ValueError("serve either one MODEL_OR_REGISTRY or --arms NAME=PATH:WEIGHT,... (not both)")
     import uvicorn
 
     from widedeep.serve.scorer import configure_torch_threads, default_backend, default_split
@@ -338,9 +393,16 @@ def serve(
     def load(path: Path) -> Scorer:
         return Scorer.load(path, backend=backend, sub_batch=sub_batch, threads=threads, project_bytes=project_mb << 20, int8=int8)
 
-    live = LiveScorer(source, load, poll_s=poll_s)
-    app = create_app(live, limits)
-    log.info("serving %s (model %s, backend %s) on http://%s:%d", source, live.scorer.version, backend, host, port)
+    served = Arms.single(LiveScorer(source, load, poll_s=poll_s)) if arms is None else Arms.load(parse_arms(arms), load, poll_s, split_key)
+    logs = None
+    if log_dir is not None:
+        from widedeep.loop.logs import Rolling, ServerLogs
+
+        logs = ServerLogs(log_dir, log_sample, rolling or Rolling())
+    app = create_app(served, limits, logs)
+    for a in served:
+        log.info("arm %s: serving %s (model %s, backend %s)", a.name, a.live.source, a.live.scorer.version, backend)
+    log.info("listening on http://%s:%d%s", host, port, f"; logging to {log_dir}" if log_dir is not None else "")
     # Everything loaded so far (torch, the model, the app) lives for the whole run: move it out of the garbage collector's
     # reach, so that a full collection triggered by a request's allocations does not walk it (a p99 latency spike).
     gc.collect()

@@ -13,7 +13,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from widedeep.serve.scorer import Scorer
 from widedeep.serve.settings import POLL_S
@@ -90,6 +90,17 @@ class LiveScorer:
         self.reloads += 1
         log.info("now serving %s version %s (model %s)", self.source, version, scorer.version)
         return True
+
+    def readiness(self) -> dict[str, Any]:
+        """/readyz's document for this model: ready, or not ready with the version that failed and why."""
+        failure = self.failure
+        serving = {"model_version": self.scorer.version, "registry_version": self.registry_version}
+        if failure is None:
+            return {"status": "ready", **serving}
+        what = f"registry version {failure.version!r} could not be loaded" if failure.version else "CURRENT could not be read"
+        message = f"{what}: {failure.reason}; still serving {self.registry_version!r}"
+        return {"status": "not ready", "error": {"field": "", "message": message}, "failed_version": failure.version,
+                "reason": failure.reason, **serving}  # fmt: skip
 
     def _relative(self, error: Exception) -> str:
         """The error's message without the server's own paths (it is shown to clients)."""

@@ -160,3 +160,73 @@ def _find(node: Any, path: str) -> str | None:
         if found is not None:
             return found
     return None
+
+
+# -- request ids and outcome events --------------------------------------------------------------------------------------
+
+MAX_ID_CHARS = 128  # a request id or an event type
+EVENT_KEYS = ("request_id", "index", "type", "time")
+_INT32 = 1 << 31
+
+
+def request_id(doc: Mapping[str, Any]) -> str | None:
+    """The client's `request_id`, if it sent one: a non-empty string of at most MAX_ID_CHARS characters, else 422."""
+    return _id_string(doc["request_id"], "request_id") if "request_id" in doc else None
+
+
+def parse_events(doc: Mapping[str, Any], max_events: int, now_us: int) -> list[tuple[str, int, str, int | None]]:
+    """The `events` of a POST /v1/events body as (request_id, index, type, time in UTC microseconds) tuples; an event
+    without a time gets `now_us`. 422 naming the first bad field, e.g. ``events[2].index``."""
+    events = required(doc, "events")
+    if not isinstance(events, list) or not events:
+        raise RequestError("events", f"expected a non-empty list of event objects, got {_what(events)}")
+    if len(events) > max_events:
+        raise RequestError("events", f"{len(events)} events exceed the limit of {max_events} per request")
+    out = []
+    for i, e in enumerate(events):
+        where = f"events[{i}]"
+        if not isinstance(e, dict):
+            raise RequestError(where, f"expected an object, got {_what(e)}")
+        unknown = next((k for k in e if k not in EVENT_KEYS), None)
+        if unknown is not None:
+            raise RequestError(f"{where}.{unknown}", f"unknown field; an event has {', '.join(EVENT_KEYS)}")
+        for key in ("request_id", "index", "type"):
+            if key not in e:
+                raise RequestError(f"{where}.{key}", "is required")
+        index = e["index"]
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < _INT32:
+            raise RequestError(f"{where}.index", f"expected the candidate's position in the request (an integer >= 0), got {_what(index)}")
+        at = e.get("time")
+        out.append((_id_string(e["request_id"], f"{where}.request_id"), index, _id_string(e["type"], f"{where}.type"),
+                    now_us if at is None else _utc_micros(at, f"{where}.time")))  # fmt: skip
+    return out
+
+
+def _id_string(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise RequestError(path, f"expected a non-empty string, got {_what(value)}")
+    if len(value) > MAX_ID_CHARS:
+        raise RequestError(path, f"string of {len(value)} characters exceeds the limit of {MAX_ID_CHARS}")
+    return value
+
+
+def _utc_micros(value: Any, path: str) -> int:
+    """An ISO-8601 time with a zone (``2026-12-01T10:00:00Z``, ``...+02:00``) as UTC microseconds since the epoch."""
+    from datetime import datetime, timedelta, timezone
+
+    if not isinstance(value, str):
+        raise RequestError(path, f"expected an ISO-8601 time such as 2026-12-01T10:00:00Z, got {_what(value)}")
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise RequestError(path, f"expected an ISO-8601 time such as 2026-12-01T10:00:00Z, got {_what(value)}") from None
+    if t.tzinfo is None:
+        raise RequestError(path, f"the time {value!r} has no time zone: end it with Z (UTC) or an offset such as +02:00")
+    return (t - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
+
+
+def _what(value: Any) -> str:
+    """A value for an error message: short scalars as they are, anything else by its JSON kind."""
+    if value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 40):
+        return json.dumps(value, ensure_ascii=False)
+    return {str: "a long string", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
