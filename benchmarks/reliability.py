@@ -106,7 +106,7 @@ def _guarded(title: str, step: Callable[[], Area]) -> Area:
         return step()
     except Exception as e:  # noqa: BLE001 -- reported, and the other areas still run
         lines = [line for line in str(e).splitlines() if line.strip()]
-        row = Row("the area ran", tried=1, failed=1, notes=[f"{type(e).__name__}: {lines[0] if lines else ''}", *lines[-3:]])
+        row = Row("the area ran", tried=1, failed=1, notes=[f"{type(e).__name__}: {lines[0] if lines else ''}", *lines[1:][-3:]])
         return Area(title, [row], time.monotonic() - t0)
 
 

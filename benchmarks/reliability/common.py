@@ -160,7 +160,8 @@ def free_port() -> int:
 
 
 def raw_request(
-    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 30.0
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str | None] | None = None,
+    timeout: float = 30.0,
 ) -> tuple[int, bytes]:
     """One request on a fresh connection (`Connection: close`), the body sent in full before anything is read; returns
     (status, body). Raises OSError when the server resets or closes the connection without an answer."""
