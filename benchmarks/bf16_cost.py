@@ -9,7 +9,7 @@ standard error, and the seed-to-seed standard deviation of the fp32 AUC: the noi
 "cost > noise?" is "yes" when bf16's mean AUC loss (fp32 - bf16) exceeds that standard deviation. Examples/s (the
 training loop's own figure) are printed too; on a shared machine they move with the load, the AUCs do not.
 
-    python benchmarks/bf16_cost.py                         # all data sets, seeds 0 1 2 (about 10-15 minutes on 2 cores)
+    python benchmarks/bf16_cost.py                         # all data sets, seeds 0 1 2 (~14 CPU-minutes; 2 cores)
     python benchmarks/bf16_cost.py --only adult appstore --seeds 0 1 2 3 4
     python benchmarks/bf16_cost.py --json runs/bf16_cost.json
     python benchmarks/bf16_cost.py --smoke                 # tiny data sets, seeds 0 1 (run by the tests)
