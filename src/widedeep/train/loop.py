@@ -78,8 +78,9 @@ def cpu_has_native_bf16() -> bool:
 
 
 def use_bf16(setting: str, device: torch.device) -> bool:
-    """Resolve `train.bf16` (or the WIDEDEEP_BF16 override). "auto" is fp32: bf16 autocast cost eval AUC beyond
-    run-to-run noise on the benchmark sweep (docs/benchmarks.md), so it runs only when asked for with "on"."""
+    """Resolve `train.bf16` (or the WIDEDEEP_BF16 override). "auto" is fp32 on every machine, so a config trains the
+    same model whatever CPU it runs on; bf16 autocast ("on") is there to be asked for. benchmarks/bf16_cost.py measured
+    its eval-AUC cost within seed-to-seed noise on five data sets (docs/benchmarks.md)."""
     setting = os.environ.get(BF16_ENV) or setting
     if setting not in ("auto", "on", "off"):
         raise ValueError(f"train.bf16 (or {BF16_ENV}) must be 'auto', 'on' or 'off', got {setting!r}")
