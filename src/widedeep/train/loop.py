@@ -68,15 +68,6 @@ class TrainingDiverged(ValueError):
 # Device and precision
 
 
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 arithmetic in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def use_bf16(setting: str, device: torch.device) -> bool:
     """Resolve `train.bf16` (or the WIDEDEEP_BF16 override). "auto" is fp32 on every machine, so a config trains the
     same model whatever CPU it runs on; bf16 autocast ("on") is there to be asked for. benchmarks/bf16_cost.py measured
