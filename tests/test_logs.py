@@ -141,6 +141,14 @@ def test_events_are_logged_with_their_times(tiny_model: Path, tmp_path: Path):
 GOOD = {"request_id": "r1", "index": 3, "type": "install"}
 
 
+@pytest.fixture(scope="module")
+def logging_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("logs")
+    with serving(tiny_model, root) as (client, _, logs):
+        yield client
+    assert logs.events.written == 0 and not parts(root / "events")  # no bad event was logged
+
+
 @pytest.mark.parametrize(
     "doc,field",
     [
@@ -163,12 +171,10 @@ GOOD = {"request_id": "r1", "index": 3, "type": "install"}
         ({"events": [{**GOOD, "idx": 3}]}, "events[0].idx"),
     ],
 )
-def test_a_bad_event_gets_a_422_naming_the_field(tiny_model: Path, tmp_path: Path, doc: dict, field: str):
-    with serving(tiny_model, tmp_path) as (client, _, logs):
-        r = client.post("/v1/events", json=doc)
-        assert r.status_code == 422, r.text
-        assert r.json()["error"]["field"] == field and r.json()["error"]["message"]
-    assert logs.events.written == 0 and not parts(tmp_path / "events")
+def test_a_bad_event_gets_a_422_naming_the_field(logging_server: httpx.Client, doc: dict, field: str):
+    r = logging_server.post("/v1/events", json=doc)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == field and r.json()["error"]["message"]
 
 
 def test_a_full_queue_drops_and_counts_rows_and_never_fails_a_request(tiny_model: Path, tmp_path: Path):

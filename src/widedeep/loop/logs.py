@@ -34,8 +34,7 @@ from widedeep.serve.settings import LOG_QUEUE, LOG_ROLL_MB, LOG_ROLL_ROWS, LOG_R
 
 log = logging.getLogger("widedeep.serve")
 
-BATCH = 1024  # queue entries turned into Arrow at a time
-WAKE_S = 0.2  # the writer checks for a due roll and for a stop at least this often
+DRAIN_S = 0.25  # the writer takes what is queued this often (on a clock: a request never wakes it)
 
 
 @dataclass(frozen=True)
@@ -119,29 +118,28 @@ class RollingLog:
             yield
 
     def _run(self) -> None:
+        # The writer wakes on a clock, not on each `put`: woken by a request, it would take the GIL just when that
+        # request's answer is being sent, and hold it for up to the interpreter's switch interval (5 ms).
         while True:
-            stopping = self._stop.is_set()
-            items = self._take(0.0 if stopping else self._wait())
+            stopping = self._stop.wait(self._wait())
+            items = self._take()
             with self._work:
                 if items:
                     self._add(items)
                 if self._pending_rows and (stopping or self._due()):
                     self._write()
-            if stopping and not items and self._queue.empty():
+            if stopping and self._queue.empty():
                 return
 
     def _wait(self) -> float:
         if self._oldest is None:
-            return WAKE_S
-        return min(WAKE_S, max(0.0, self._oldest + self.rolling.seconds - time.monotonic()))
+            return DRAIN_S
+        return min(DRAIN_S, max(0.0, self._oldest + self.rolling.seconds - time.monotonic()))
 
-    def _take(self, timeout: float) -> list[tuple[Any, int]]:
-        """Up to BATCH queued entries, waiting up to `timeout` for the first."""
-        try:
-            items = [self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()]
-        except queue.Empty:
-            return []
-        while len(items) < BATCH:
+    def _take(self) -> list[tuple[Any, int]]:
+        """Everything queued now."""
+        items = []
+        for _ in range(self._queue.qsize()):
             try:
                 items.append(self._queue.get_nowait())
             except queue.Empty:

@@ -18,13 +18,14 @@ time, model version, arm, position, candidate index, score, and the context's an
 a background thread writes part files when the oldest row is --log-roll-seconds old (60) or a file reaches
 --log-roll-rows / --log-roll-mb, and on shutdown (SIGTERM). Each file appears whole or not at all; a killed server loses
 at most the rows of the interval it had not written. When --log-queue answers wait, further rows are dropped and counted
-(`widedeep_log_dropped_total{log="impressions"}`); the request is never slowed or failed.
+(`widedeep_log_dropped_total{log="impressions"}`); the request is never slowed or failed. An answer whose client went
+away before it was sent is not logged.
 
 Outcome events, POST /v1/events ``{"events": [{"request_id": "...", "index": 3, "type": "install", "time":
 "2026-12-01T10:00:00Z"}]}``: `index` is the candidate's position in the request's candidate list, `time` (ISO-8601 with a
-zone) is optional (the server stamps its receive time). The events go to DIR/events/ (`EVENT_SCHEMA`) the same way; a
-bad event gets a 422 naming the field (``events[2].index``), an unknown request id is accepted (the join counts it),
-a full queue answers 503 (retry). Without --log-dir the route answers 404.
+zone) is optional (the server stamps its receive time); at most --max-candidates events per POST. The events go to
+DIR/events/ (`EVENT_SCHEMA`) the same way; a bad event gets a 422 naming the field (``events[2].index``), an unknown
+request id is accepted (the join counts it), a full queue answers 503 (retry). Without --log-dir the route answers 404.
 
 A/B arms, ``widedeep serve --arms control=PATH:50,treatment=PATH:50 [--split-key user_id]`` (instead of MODEL): each arm
 follows a model directory, a registry (hot-reloaded) or a pinned version ``REG@VERSION``; weights are relative integers.
@@ -34,8 +35,8 @@ the body names one (``"arm": "treatment"``). The arm is in every answer, every i
 
 Bodies are read on the event loop under a deadline (widedeep.serve.request) and parsed with orjson straight from bytes
 (no per-field model validation on the hot path); parsing, the feature transform and the scoring run in a worker thread,
-so a slow request never holds up /healthz or other requests. The request and response models below exist for the
-OpenAPI docs. The connection limits (a deadline for the headers, a cap on open connections) are GuardedProtocol's.
+so a slow request never holds up /healthz or other requests. The request and response models in widedeep.serve.openapi
+exist for the OpenAPI docs. The connection limits (a deadline for the headers, a cap on open connections) are GuardedProtocol's.
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ def create_app(live: LiveScorer | Arms, limits: Limits = Limits(), logs: ServerL
         index, score = ranked.index.tolist(), ranked.score.tolist()
         then = None
         if logs is not None:
-            then = functools.partial(logs.answer, rid, scorer.version, arm.name, index, score, context, candidates, scorer.features.features)
+            features = scorer.features.features
+            then = functools.partial(logs.answer, rid, scorer.version, arm.name, index, score, context, candidates, features)
         items = [{"index": i, "score": s} for i, s in zip(index, score)]
         return {"request_id": rid, "model_version": scorer.version, "arm": arm.name, "items": items}, then
 
@@ -393,7 +395,10 @@ def serve(
     def load(path: Path) -> Scorer:
         return Scorer.load(path, backend=backend, sub_batch=sub_batch, threads=threads, project_bytes=project_mb << 20, int8=int8)
 
-    served = Arms.single(LiveScorer(source, load, poll_s=poll_s)) if arms is None else Arms.load(parse_arms(arms), load, poll_s, split_key)
+    if arms is None:
+        served = Arms.single(LiveScorer(source, load, poll_s=poll_s))
+    else:
+        served = Arms.load(parse_arms(arms), load, poll_s, split_key)
     logs = None
     if log_dir is not None:
         from widedeep.loop.logs import Rolling, ServerLogs

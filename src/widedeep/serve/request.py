@@ -195,7 +195,8 @@ def parse_events(doc: Mapping[str, Any], max_events: int, now_us: int) -> list[t
                 raise RequestError(f"{where}.{key}", "is required")
         index = e["index"]
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < _INT32:
-            raise RequestError(f"{where}.index", f"expected the candidate's position in the request (an integer >= 0), got {_what(index)}")
+            what = f"expected the candidate's position in the request's list (an integer >= 0), got {_what(index)}"
+            raise RequestError(f"{where}.index", what)
         at = e.get("time")
         out.append((_id_string(e["request_id"], f"{where}.request_id"), index, _id_string(e["type"], f"{where}.type"),
                     now_us if at is None else _utc_micros(at, f"{where}.time")))  # fmt: skip
