@@ -1,7 +1,7 @@
 """What one request or connection may cost the ranking server: the limits of `widedeep serve`, one flag each.
 
 Enforced where the work happens: the header deadline and the connection cap in the server's connection protocol
-(widedeep.serve.http), the body's media type, size and deadline while it is read (widedeep.serve.request), the counts
+(widedeep.serve.server), the body's media type, size and deadline while it is read (widedeep.serve.request), the counts
 and string sizes once it is parsed. This module imports nothing heavy, so the command line reads its defaults.
 """
 
