@@ -190,3 +190,31 @@ def test_long_tokens_bound_the_memo_by_characters(fitted: FeatureSet, monkeypatc
         for name in ("c", "h"):
             assert sum(len(t) for t in fitted._memos[name]._ids if t is not None) <= 10_000
     identical(fitted.transform_records(recs), expected)  # a batch larger than the limit still encodes exactly
+
+
+def test_float_block_equals_each_feature_bit_for_bit() -> None:
+    from widedeep.features.quantile import Quantiles
+    from widedeep.features.small import FloatBlock
+
+    rng = np.random.default_rng(3)
+    data = {
+        "spread": rng.normal(0, 5, 500),
+        "masses": np.concatenate([np.zeros(400), rng.exponential(3, 100)]),  # a heavy point mass at 0
+        "constant": np.full(50, 2.0),  # one bucket
+        "unseen": np.array([np.nan] * 5),  # nothing seen: every value out of range
+    }
+    qs = []
+    for normalization in ("interpolated", "bucket"):
+        for values in data.values():
+            x = values[~np.isnan(values)]
+            qs.append(Quantiles(8, normalization=normalization).partial_fit(x, nulls=len(values) - len(x)).finalize())
+    probe = [np.nan, np.inf, -np.inf, -0.0, 0.0, 2.0, -1e300, 1e300, *rng.normal(0, 6, 40)]
+    x = np.array([probe + [b for b in q.boundaries_[:4]] + [0.0] * (4 - min(4, len(q.boundaries_))) for q in qs])
+    i, ids, value, null = FloatBlock(qs).encode(x)
+    for j, q in enumerate(qs):
+        want_i = q.bucketize(x[j])
+        want = q.normalize(x[j], want_i)
+        ok = ~np.isnan(x[j])
+        assert np.array_equal(null[j], ~ok) and np.array_equal(i[j][ok], want_i[ok]), j
+        assert np.array_equal(ids[j], np.where(ok, want_i + 2, 1).astype(np.int32)), j
+        assert np.array_equal(value[j][ok].view(np.uint32), want[ok].view(np.uint32)) and (value[j][~ok] == 0).all(), j

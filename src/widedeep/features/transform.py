@@ -22,12 +22,13 @@ import pyarrow as pa
 from widedeep.atomic import write_text_atomic
 from widedeep.config import Config, CrossSpec, FeatureSpec
 from widedeep.features import columns as C
+from widedeep.features.columnar import column_length, column_values
 from widedeep.features.columns import FeatureError
 from widedeep.features.cross import Tokens, cross, fill_rows, repeat_ragged
 from widedeep.features.encoded import Encoded
 from widedeep.features.hashing import ALGORITHM, bucket, hash_ints, hash_strings
 from widedeep.features.quantile import Quantiles
-from widedeep.features.small import TokenMemo, list_tokens
+from widedeep.features.small import BLOCKS_LIMIT, FloatBlock, TokenMemo, list_tokens
 from widedeep.features.vocab import Vocabulary
 
 FORMAT, VERSION = "widedeep.features", 1
@@ -183,6 +184,7 @@ class FeatureSet:
         self.quantiles_ = {f.name: Quantiles(f.quantiles, normalization=f.normalization) for f in self.features if f.type == "continuous"}
         self.rows_, self.info_, self._dirty = 0, {}, True
         self._memos: dict[str, TokenMemo] = {}
+        self._blocks: dict[tuple[str, ...], FloatBlock] = {}
         return self
 
     def fit(self, batches: Iterable[pa.Table | pa.RecordBatch] | pa.Table | pa.RecordBatch) -> "FeatureSet":
@@ -234,7 +236,7 @@ class FeatureSet:
                 v.finalize()
             for q in self.quantiles_.values():
                 q.finalize()
-            self._memos, self._dirty = {}, False
+            self._memos, self._blocks, self._dirty = {}, {}, False
 
     # ---- transforming ------------------------------------------------------------------------------------------------
 
@@ -275,8 +277,31 @@ class FeatureSet:
         own = set(candidates[0])
         ctx = [f for f in self.features if f.source not in own]
         cand = [f for f in self.features if f.source in own]
-        cols = {k: c.repeat(n) for k, c in self._encode_records([context], ctx, strict).items()}
+        cols = self._context(context, ctx, n, strict)
         cols.update(self._encode_records(candidates, cand, strict))
+        return self._assemble(cols, n, None)
+
+    def transform_columns(
+        self, context: Mapping[str, Any], columns: Mapping[str, Sequence[Any]], strict: bool = True
+    ) -> Encoded:
+        """A ranking request whose candidates come as columns: field -> one value per candidate, all of one length.
+
+        Equals `transform_request(context, rows)` of the same values; a field that is not a column is read from the
+        context. Each column is encoded whole (widedeep.features.columnar); errors name the field and the row.
+        """
+        self._finalize()
+        n = column_length(columns)
+        if n == 0:
+            return self.transform_records([])
+        # The context's continuous values join the columns' in one FloatBlock (a row repeated costs less than a block).
+        ctx = [f for f in self.features if f.source not in columns and f.type != "continuous"]
+        cols = self._context(context, ctx, n, strict)
+
+        def values_of(source: str) -> list:
+            return column_values(columns[source], source) if source in columns else C.record_values([context], source, strict)
+
+        rest = [f for f in self.features if f.source in columns or f.type == "continuous"]
+        cols.update(self._encode_values(rest, values_of, n))
         return self._assemble(cols, n, None)
 
     def _encode_records(self, records: Sequence[Mapping[str, Any]], feats: Sequence[FeatureSpec], strict: bool) -> dict:
@@ -284,15 +309,52 @@ class FeatureSet:
             kinds = {f.source: _kind(f) for f in feats}
             table = C.from_records(records, kinds, strict)
             return {f.name: self._encode(f, table.column(f.source)) for f in feats}
-        out, given = {}, C.record_columns(records, list(dict.fromkeys(f.source for f in feats)))
-        for f in feats:  # in feature order, so the first bad field is the one reported, as on the Arrow path
-            values = given[f.source] if given is not None else C.record_values(records, f.source, strict)
+        given = C.record_columns(records, list(dict.fromkeys(f.source for f in feats)))
+        if given is not None:
+            return self._encode_values(feats, given.__getitem__)
+        return self._encode_values(feats, lambda source: C.record_values(records, source, strict))
+
+    def _encode_values(
+        self, feats: Sequence[FeatureSpec], values_of: Callable[[str], list], n: int | None = None
+    ) -> dict[str, _Col]:
+        """Features from their Python values (a list per source column, or one value to repeat over `n` rows): the memo
+        and numpy where they can, else the Arrow path, which raises the first error in feature order. The continuous
+        features go through one FloatBlock."""
+        out, floats = {}, []
+        for f in feats:
+            values = values_of(f.source)
             if f.type == "continuous":
                 x = C.small_floats(values)
-                col = None if x is None else self._encode_continuous(f, x)
+                if x is not None:
+                    floats.append((f, x))
+                    continue
+                col = None
             else:
                 col = self._encode_small(f, values)
-            out[f.name] = col if col is not None else self._encode(f, C.column(values, _kind(f), f.source))
+            col = col if col is not None else self._encode(f, C.column(values, _kind(f), f.source))
+            out[f.name] = col if n is None or len(values) == n else col.repeat(n)
+        if floats:
+            out.update(self._encode_floats(floats, len(floats[0][1]) if n is None else n))
+        return out
+
+    def _encode_floats(self, floats: list[tuple[FeatureSpec, np.ndarray]], n: int) -> dict[str, _Col]:
+        """`_encode_continuous` of several features at once (small.FloatBlock: the same values, fewer numpy calls); a
+        single value is repeated over the `n` rows."""
+        names = tuple(f.name for f, _ in floats)
+        block = self._blocks.get(names)
+        if block is None or any(b is not self.quantiles_[name].boundaries_ for b, name in zip(block.key, names)):
+            if len(self._blocks) >= BLOCKS_LIMIT:  # clients choose which fields are columns: bound the combinations kept
+                self._blocks = {}
+            block = self._blocks[names] = FloatBlock([self.quantiles_[name] for name in names])
+        x = np.empty((len(floats), n))
+        for j, (_, values) in enumerate(floats):
+            x[j] = values
+        i, ids, value, null = block.encode(x)  # (F, n) each
+        flags = null.astype(np.float32)
+        out = {}
+        for j, (f, _) in enumerate(floats):
+            tokens = Tokens(hash_ints(i[j], _BUCKET_SALT), None, null[j]) if f.name in self._in_cross else None
+            out[f.name] = _Col(ids[j], None, (value[j], flags[j]), tokens)
         return out
 
     def _encode_small(self, f: FeatureSpec, values: list) -> _Col | None:
@@ -363,12 +425,22 @@ class FeatureSet:
         tokens = Tokens(hash_ints(i, _BUCKET_SALT), None, null) if f.name in self._in_cross else None
         return _Col(ids, None, (value, null.astype(np.float32)), tokens)
 
+    def _add_crosses(self, cols: dict[str, _Col], crosses: Sequence[CrossSpec], pool: Executor | None = None) -> None:
+        crossed = _map(pool, lambda c: cross([cols[name].tokens for name in c.columns], c.buckets), crosses)
+        for c, out in zip(crosses, crossed):
+            cols[c.name] = _Col(out, None) if isinstance(out, np.ndarray) else _Col(out[0], out[1])
+
+    def _context(self, context: Mapping[str, Any], feats: Sequence[FeatureSpec], n: int, strict: bool) -> dict[str, _Col]:
+        """The context's features, and the crosses among them, encoded once and repeated over a request's n rows."""
+        cols = self._encode_records([context], feats, strict)
+        self._add_crosses(cols, [c for c in self.crosses if all(name in cols for name in c.columns)])
+        later = {name for c in self.crosses if c.name not in cols for name in c.columns}  # crosses with candidate fields
+        return {k: (c if k in later else _Col(c.ids, c.offsets, c.dense)).repeat(n) for k, c in cols.items()}
+
     def _assemble(
         self, cols: dict[str, _Col], n: int, label: np.ndarray | None, pool: Executor | None = None
     ) -> Encoded:
-        crossed = _map(pool, lambda c: cross([cols[name].tokens for name in c.columns], c.buckets), self.crosses)
-        for c, out in zip(self.crosses, crossed):
-            cols[c.name] = _Col(out, None) if isinstance(out, np.ndarray) else _Col(out[0], out[1])
+        self._add_crosses(cols, [c for c in self.crosses if c.name not in cols], pool)
         dense_cols = [cols[f.name].dense for f in self.features if f.type == "continuous"]
         ids_in, dense_in = [cols[name].ids for name in self.id_slots], [x for pair in dense_cols for x in pair]
         ids, dense = _map(pool, lambda p: _stack_columns(*p, n), [(ids_in, np.int32), (dense_in, np.float32)])
