@@ -93,10 +93,10 @@ def test_prepare_smoke() -> None:
         assert re.search(rf"{re.escape(name)}: 20,000 train \+ 2,000 eval rows in [\d.]+ s .* peak RSS \d+ MB", out), out
 
 
-@pytest.mark.parametrize("flags", [[], ["--int8"]])
-def test_serve_smoke(flags: list[str]) -> None:
-    out = run("serve.py", *flags)
-    assert ("hybrid int8 backend" in out) == bool(flags)
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_serve_smoke(precision: str) -> None:
+    out = run("serve.py", "--precision", precision)
+    assert f"(hybrid backend, {precision} precision)" in out
     assert "| sub-batch x threads | paper (client-side) | in-process | in-process CPU | over HTTP (client-side) |" in out
     assert "| 10 x 2 | - |" in out and "requests/s" in out
 
