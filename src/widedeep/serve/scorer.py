@@ -25,6 +25,7 @@ from widedeep.serve.settings import BACKENDS, Backend
 if TYPE_CHECKING:
     from widedeep.features.encoded import Encoded
     from widedeep.features.transform import FeatureSet
+    from widedeep.serve.batcher import Batcher
 
 
 
@@ -66,6 +67,7 @@ class Scorer:
         self.context_half = context_half and isinstance(network, TorchNetwork)
         self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="widedeep-score") if threads > 1 else None
         self._list_slots: tuple[str, ...] = tuple(features.list_slots)
+        self.batcher: Batcher | None = None  # set by the server: concurrent requests share passes (widedeep.serve.batcher)
 
     @classmethod
     def load(
@@ -162,6 +164,8 @@ class Scorer:
 
     def _logits(self, enc: Encoded, context_columns: frozenset[str] | None) -> np.ndarray:
         """Logits (N,) over sub-batches of `sub_batch` rows, run in parallel on the thread pool."""
+        if self.batcher is not None:
+            return self.batcher.logits(enc, context_columns)
         ids = np.ascontiguousarray(enc.ids, dtype=np.int64)
         dense = np.ascontiguousarray(enc.dense, dtype=np.float32)
         lists = [pad_ragged(*enc.lists[name]) for name in self._list_slots]
