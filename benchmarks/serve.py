@@ -5,8 +5,8 @@ embeddings, 13 continuous, MLP 1024-512-256, wide part over the categorical ids 
 latency), then runs `widedeep bench-serve` on it. A request is one user context (C1..C13, I1..I6) and 200 candidates
 (C14..C26, I7..I13). Target on 2 cores: p50 <= 5 ms, p99 <= 10 ms over HTTP at 200 candidates.
 
-    python benchmarks/serve.py                 # the full table (about a minute)
-    python benchmarks/serve.py --int8          # the same with int8 MLP weights
+    python benchmarks/serve.py                     # the full table (about a minute), in the precision auto picks
+    python benchmarks/serve.py --precision int8    # the same with int8 MLP weights (fp32, bf16 likewise)
     python benchmarks/serve.py --smoke         # seconds; checks the script still runs
 """
 
@@ -27,6 +27,7 @@ from widedeep.datasets.criteo_like import criteo_like, criteo_like_config
 from widedeep.features.transform import FeatureSet
 from widedeep.model.wide_deep import WideDeep
 from widedeep.serve.bench import bench_serve
+from widedeep.serve.settings import PRECISION, PRECISIONS
 
 CONTEXT = [f"C{j}" for j in range(1, 14)] + [f"I{j}" for j in range(1, 7)]
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=50_000, help="rows the vocabularies and quantiles are fitted on")
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--backend", default=None, help="hybrid (default where onnxruntime is installed), torch or onnxruntime")
-    p.add_argument("--int8", action="store_true", help="hybrid backend with int8 MLP weights")
+    p.add_argument("--precision", choices=PRECISIONS, default=PRECISION, help="the MLP's precision (default: %(default)s, the server's)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
     args = p.parse_args(argv)
     print_machine()
@@ -60,10 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             model = paper_model(root / "model", rows=300, hidden=(16,))
             result = bench_serve(model, candidates=20, splits=((20, 1), (10, 2)), http_splits=((10, 2),), requests=6,
                                  warmup=1, clients=2, seconds=0.3, context_columns=CONTEXT, backend=args.backend,
-                                 int8=args.int8, log=_err)  # fmt: skip
+                                 precision=args.precision, log=_err)  # fmt: skip
         else:
             model = paper_model(root / "model", rows=args.rows)
-            result = bench_serve(model, requests=args.requests, context_columns=CONTEXT, backend=args.backend, int8=args.int8, log=_err)
+            result = bench_serve(model, requests=args.requests, context_columns=CONTEXT, backend=args.backend, precision=args.precision,
+                                 log=_err)
         print(result.markdown())
         if not args.smoke:
             best = min(result.http.values(), key=lambda lat: lat.p50)

@@ -3,7 +3,9 @@ hits them all alike. Each round starts a `widedeep serve` process per configurat
 200-candidate requests from one keep-alive client; the medians over rounds are printed as a Markdown table.
 
     python benchmarks/serve_compare.py                                      # hybrid 200x1, torch 100x2, hybrid int8 200x1
-    python benchmarks/serve_compare.py --configs hybrid:200:1 torch:200:1   # BACKEND:SUB_BATCH:THREADS[:int8]
+    python benchmarks/serve_compare.py --configs hybrid:200:1 torch:200:1:bf16   # BACKEND:SUB_BATCH:THREADS[:PRECISION]
+
+PRECISION is fp32 (when left out), bf16, int8 or auto (the server's default: chosen by measurement at load).
     python benchmarks/serve_compare.py --smoke                              # seconds; checks the script still runs
 """
 
@@ -24,20 +26,21 @@ from serve import CONTEXT, paper_model  # noqa: E402
 
 from widedeep.serve.bench import Latency, ServerProcess, synthetic_request, time_http  # noqa: E402
 from widedeep.serve.scorer import Scorer  # noqa: E402
+from widedeep.serve.settings import PRECISIONS  # noqa: E402
 
 DEFAULT = ("hybrid:200:1", "torch:100:2", "hybrid:200:1:int8")
 
 
-def parse(spec: str) -> tuple[str, int, int, bool]:
+def parse(spec: str) -> tuple[str, int, int, str]:
     parts = spec.split(":")
-    if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "int8"):
-        raise SystemExit(f"--configs: {spec!r} is not BACKEND:SUB_BATCH:THREADS[:int8]")
-    return parts[0], int(parts[1]), int(parts[2]), len(parts) == 4
+    if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] not in PRECISIONS):
+        raise SystemExit(f"--configs: {spec!r} is not BACKEND:SUB_BATCH:THREADS[:PRECISION] (PRECISION: {', '.join(PRECISIONS)})")
+    return parts[0], int(parts[1]), int(parts[2]), parts[3] if len(parts) == 4 else "fp32"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", nargs="+", default=list(DEFAULT), help="BACKEND:SUB_BATCH:THREADS[:int8] each")
+    p.add_argument("--configs", nargs="+", default=list(DEFAULT), help="BACKEND:SUB_BATCH:THREADS[:PRECISION] each")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--requests", type=int, default=200, help="timed requests per configuration and round")
     p.add_argument("--smoke", action="store_true", help="tiny model and sizes: checks the script runs")
@@ -52,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         body = orjson.dumps({"context": context, "candidates": cands, "k": 10})
         runs: dict[str, list[Latency]] = {spec: [] for spec in args.configs}
         for r in range(rounds):
-            for spec, (backend, sub_batch, threads, int8) in zip(args.configs, configs):
-                server = ServerProcess(model, sub_batch, threads, backend, int8=int8)
+            for spec, (backend, sub_batch, threads, precision) in zip(args.configs, configs):
+                server = ServerProcess(model, sub_batch, threads, backend, precision=precision)
                 try:
                     lat = time_http(server.url, body, requests, warmup)
                 finally:

@@ -142,6 +142,7 @@ def test_model_health_metrics_and_docs(server):
     assert r.status_code == 200 and r.json() == {"status": "ready", "model_version": live.scorer.version, "registry_version": None}
     m = client.get("/v1/model").json()
     assert m["version"] == live.scorer.version and m["backend"] == "torch"
+    assert m["precision"]["chosen"] == "fp32" and m["precision"]["requested"] == "fp32"  # what the scorer was loaded with
     assert {f["name"] for f in m["features"]} == {"country", "installed_apps", "impression_app", "user_id", "age", "price"}
     assert "auc" in json.dumps(m["metrics"]).lower()
     client.post("/v1/recommend", json={"context": CONTEXT, "candidates": cands(3)})

@@ -68,9 +68,9 @@ def test_defaults_pick_the_hybrid_backend_where_onnxruntime_is_installed():
 def test_int8_weights_score_within_a_thousandth(tiny_model: Path):
     cands = candidates(200, seed=8)
     exact = Scorer.load(tiny_model, backend="torch", sub_batch=200, threads=1)
-    int8 = Scorer.load(tiny_model, backend="hybrid", int8=True)
+    int8 = Scorer.load(tiny_model, backend="hybrid", precision="int8")
     try:
-        assert int8.meta["int8"] is True
+        assert int8.meta["precision"] == "int8" and int8.network.mlp_runtime == "onnxruntime"
         a, b = exact.recommend(CONTEXT, cands, k=200), int8.recommend(CONTEXT, cands, k=200)
         pa, pb = np.empty(200), np.empty(200)
         pa[a.index], pb[b.index] = a.score, b.score
@@ -81,4 +81,4 @@ def test_int8_weights_score_within_a_thousandth(tiny_model: Path):
         exact.close()
         int8.close()
     with pytest.raises(ValueError, match="int8 needs the hybrid backend"):
-        Scorer.load(tiny_model, backend="torch", int8=True)
+        Scorer.load(tiny_model, backend="torch", precision="int8")

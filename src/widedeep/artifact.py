@@ -10,7 +10,7 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +38,7 @@ ONNX_SIDECAR_FILE = "onnx.json"
 ONNX_DATA_FILE = ONNX_FILE + ".data"  # the exporter's external weights, for graphs over 2 GB
 EXPORT_FILES = (ONNX_FILE, ONNX_SIDECAR_FILE, ONNX_DATA_FILE)
 PREDICT_BATCH = 8192  # rows per forward pass when scoring big inputs
+EncodedLogits = Callable[[Encoded], np.ndarray]  # encoded rows -> logits (N,) float32
 
 
 class ArtifactError(ValueError):
@@ -238,25 +239,29 @@ class Model:
 
     # -- scoring --------------------------------------------------------------------------------------------------
 
-    def predict_logits(self, data: Any) -> np.ndarray:
-        """Logits (N,) float32 for a pyarrow Table, pandas DataFrame or list of dicts (scored in batches)."""
+    def predict_logits(self, data: Any, logits: EncodedLogits | None = None) -> np.ndarray:
+        """Logits (N,) float32 for a pyarrow Table, pandas DataFrame or list of dicts (scored in batches). `logits` scores
+        the encoded rows instead of the module's fp32 forward (a serving precision: widedeep.serve.precision.served_logits)."""
         table = to_table(data)
-        out = [self._logits(table.slice(i, PREDICT_BATCH)) for i in range(0, table.num_rows, PREDICT_BATCH)]
+        score = logits or self._encoded_logits
+        out = [score(self.features.transform(table.slice(i, PREDICT_BATCH))) for i in range(0, table.num_rows, PREDICT_BATCH)]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
-    def predict(self, data: Any) -> np.ndarray:
-        """P(label = 1) (N,) float32 for a pyarrow Table, pandas DataFrame or list of dicts."""
-        return sigmoid(self.predict_logits(data))
+    def predict(self, data: Any, logits: EncodedLogits | None = None) -> np.ndarray:
+        """P(label = 1) (N,) float32 for a pyarrow Table, pandas DataFrame or list of dicts (`logits`: as predict_logits)."""
+        return sigmoid(self.predict_logits(data, logits))
 
-    def evaluate(self, data: str | Path | Any) -> dict[str, float]:
-        """AUC, logloss and calibration on a file/glob/directory or an in-memory table that holds the label column."""
+    def evaluate(self, data: str | Path | Any, logits: EncodedLogits | None = None) -> dict[str, float]:
+        """AUC, logloss and calibration on a file/glob/directory or an in-memory table that holds the label column, from
+        the module's fp32 forward (as training records its metrics) unless `logits` scores the encoded rows."""
+        score = logits or self._encoded_logits
         labels, probs = [], []
         for table in iter_tables(data, [*self.features.input_columns, self.label], types=self.features.read_types()):
             enc = self.features.transform(table)
             if enc.label is None:
                 raise ValueError(f"label column {self.label!r} not found in the data (columns: {table.column_names})")
             labels.append(np.asarray(enc.label))
-            probs.append(sigmoid(self._encoded_logits(enc)))
+            probs.append(sigmoid(score(enc)))
         if not labels:
             raise ValueError(f"{data}: no rows to evaluate")
         return binary_metrics(np.concatenate(labels), np.concatenate(probs))

@@ -22,7 +22,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import orjson
 
+from widedeep.serve import synthetic
 from widedeep.serve.scorer import Scorer, configure_torch_threads, default_backend
+from widedeep.serve.settings import PRECISION
 
 PAPER_MS = {(200, 1): 31.0, (100, 2): 17.0, (50, 4): 14.0}  # Cheng et al. 2016, Table 2 (client-side, incl. serving)
 SPLITS = ((200, 1), (100, 2), (50, 4))
@@ -60,11 +62,13 @@ class BenchResult:
     cores: int = 0
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after the run
     backend: str = "torch"
+    precision: str = "fp32"  # the MLP's precision; under auto, the report behind the choice is `precision_summary`
+    precision_summary: str = ""
 
     def markdown(self) -> str:
         """The Markdown table printed by bench-serve, next to the paper's figures."""
         lines = [
-            f"Model `{self.model}` ({self.backend} backend), {self.candidates} candidates per request ({self.request_bytes / 1024:.0f} KiB of JSON), "
+            f"Model `{self.model}` ({self.backend} backend, {self.precision} precision), {self.candidates} candidates per request ({self.request_bytes / 1024:.0f} KiB of JSON), "
             f"{self.cores} CPU cores, load average {self.load[0]:.1f} before / {self.load[1]:.1f} after "
             f"(above {self.cores} the cores were shared and every latency is inflated). Latency p50 / p90 / p99; "
             "CPU = this process's CPU time per in-process request, all threads.",
@@ -78,8 +82,10 @@ class BenchResult:
             lat = self.in_process[split]
             lines.append(f"| {split[0]} x {split[1]} | {paper} | {lat.cell()} | {lat.cpu:.1f} ms | {http} |")
         lines.append("")
+        if self.precision_summary:
+            lines.append(f"Load-time measurement (noisy on a busy machine): {self.precision_summary}.")
         lines.append(
-            f"Bare network forward on {self.candidates} rows ({self.backend}, no context half, fp32): {self.forward.p50:.1f} ms p50, "
+            f"Bare network forward on {self.candidates} rows ({self.backend}, no context half, {self.precision}): {self.forward.p50:.1f} ms p50, "
             f"{self.forward.cpu:.1f} ms CPU; feature transform of the request: {self.transform.p50:.1f} ms p50, "
             f"{self.transform.cpu:.1f} ms CPU."
         )
@@ -101,37 +107,9 @@ class BenchResult:
 def synthetic_request(
     scorer: Scorer, n: int, context_columns: Sequence[str] | None = None, seed: int = 0
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A realistic request for any model: values drawn from its vocabularies and quantile ranges.
-
-    `context_columns` (default: the first half of the model's input columns) go in the context; the rest in each candidate.
-    """
-    fs = scorer.features
-    rng = np.random.default_rng(seed)
-    inputs = list(fs.input_columns)
-    ctx_cols = set(inputs[: (len(inputs) + 1) // 2] if context_columns is None else context_columns)
-    unknown = ctx_cols - set(inputs)
-    if unknown:
-        raise ValueError(f"context column {sorted(unknown)[0]!r} is not an input of the model (inputs: {inputs})")
-    by_source = {f.source: f for f in fs.features}
-
-    def values(col: str, count: int) -> list[Any]:
-        f = by_source[col]
-        if f.type == "continuous":
-            b = fs.boundaries(f.name)
-            lo, hi = (float(b[0]), float(b[-1])) if len(b) else (0.0, 1.0)
-            return np.round(rng.uniform(lo, hi, count), 3).tolist()
-        pool = fs.vocabulary(f.name) if f.type == "categorical" else None
-        pool = pool or [str(v) for v in rng.integers(0, 1 << 20, 64)]
-        draw = rng.integers(0, len(pool), (count, 3))
-        if f.multi_valued:
-            return [[pool[i] for i in row[: 1 + r % 3]] for row, r in zip(draw, range(count))]
-        return [pool[i] for i in draw[:, 0]]
-
-    context = {c: values(c, 1)[0] for c in inputs if c in ctx_cols}
-    item_cols = [c for c in inputs if c not in ctx_cols]
-    columns = {c: values(c, n) for c in item_cols}
-    candidates = [{c: columns[c][i] for c in item_cols} for i in range(n)]
-    return context, candidates
+    """A realistic request for the scorer's model (widedeep.serve.synthetic): `context_columns` (default: the first half
+    of the model's input columns) in the context, the rest in each of the `n` candidates."""
+    return synthetic.synthetic_request(scorer.features, n, context_columns, seed)
 
 
 # -- timing --------------------------------------------------------------------------------------------------------------
@@ -170,10 +148,10 @@ class ServerProcess:
     """`widedeep serve MODEL` in a subprocess (so the client never shares the server's interpreter), ready when /healthz is;
     `extra` are more arguments for `widedeep serve` (--log-dir ...)."""
 
-    def __init__(self, model: Path | str, sub_batch: int, threads: int, backend: str = "torch", wait: bool = True, int8: bool = False,
-                 extra: Sequence[str] = ()):  # fmt: skip
+    def __init__(self, model: Path | str, sub_batch: int, threads: int, backend: str = "torch", wait: bool = True,
+                 precision: str | None = None, extra: Sequence[str] = ()):  # fmt: skip
         self.args = [str(model), "--sub-batch", str(sub_batch), "--threads", str(threads), "--backend", backend]
-        self.args += (["--int8"] if int8 else []) + list(extra)
+        self.args += (["--precision", precision] if precision else []) + list(extra)
         self._start()
         if wait:
             self.wait()
@@ -305,25 +283,28 @@ def bench_serve(
     seconds: float = 5.0,
     context_columns: Sequence[str] | None = None,
     backend: str | None = None,
-    int8: bool = False,
+    precision: str = PRECISION,
     http: bool = True,
     http_splits: Sequence[tuple[int, int]] | None = None,
     log: Callable[[str], None] = print,
 ) -> BenchResult:
-    """Run the whole table for one model directory (or registry); returns the figures (`.markdown()` for the table)."""
+    """Run the whole table for one model directory (or registry); returns the figures (`.markdown()` for the table).
+    `precision` auto is settled once, on the first scorer; every split and server then runs the precision it chose."""
     configure_torch_threads(1)
     backend = backend or default_backend()
-    base = Scorer.load(model, backend=backend, sub_batch=candidates, threads=1, int8=int8)
+    base = Scorer.load(model, backend=backend, sub_batch=candidates, threads=1, precision=precision)
+    report = base.precision_report
+    precision = report.chosen
     context, cands = synthetic_request(base, candidates, context_columns)
     body = orjson.dumps({"context": context, "candidates": cands, "k": 10})
     load_before = os.getloadavg()[0]
     forward = time_forward(base, context, cands, requests, warmup)
     transform = time_calls(lambda: base.features.transform_request(context, cands), requests, warmup)
     result = BenchResult(str(model), candidates, forward, transform, request_bytes=len(body), cores=len(os.sched_getaffinity(0)),
-                         backend=backend + (" int8" if int8 else ""))  # fmt: skip
+                         backend=backend, precision=precision, precision_summary=report.summary() if report.measured else "")  # fmt: skip
     log(f"bare forward: {forward.cell()}; transform: {transform.cell()}")
     for sub_batch, threads in splits:
-        s = Scorer.load(model, backend=backend, sub_batch=sub_batch, threads=threads, int8=int8)
+        s = Scorer.load(model, backend=backend, sub_batch=sub_batch, threads=threads, precision=precision)
         try:
             result.in_process[(sub_batch, threads)] = time_calls(lambda: s.recommend(context, cands, 10), requests, warmup)
         finally:
@@ -331,7 +312,8 @@ def bench_serve(
         log(f"in-process {sub_batch} x {threads}: {result.in_process[(sub_batch, threads)].cell()}")
     if http:
         todo = list(splits if http_splits is None else http_splits)
-        servers = [ServerProcess(model, sb, th, backend, wait=False, int8=int8) for sb, th in todo]  # start together, then time each alone
+        # started together, then each timed alone
+        servers = [ServerProcess(model, sb, th, backend, wait=False, precision=precision) for sb, th in todo]
         try:
             for (sub_batch, threads), srv in zip(todo, servers):
                 srv.wait()

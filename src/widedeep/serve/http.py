@@ -78,7 +78,7 @@ from widedeep.serve.prom import CONTENT_TYPE, LogCounts, ServerMetrics
 from widedeep.serve.request import check_values, parse_events, parse_object, read_body, request_id, required
 from widedeep.serve.scorer import Scorer
 from widedeep.serve.server import BackgroundServer, uvicorn_config  # noqa: F401 -- BackgroundServer: tests import it from here
-from widedeep.serve.settings import LOG_SAMPLE, POLL_S, PROJECT_MB, SPLIT_KEY, Backend
+from widedeep.serve.settings import LOG_SAMPLE, POLL_S, PRECISION, PROJECT_MB, SPLIT_KEY, Backend
 
 if TYPE_CHECKING:
     from widedeep.loop.logs import Rolling, ServerLogs
@@ -226,7 +226,7 @@ def create_app(live: LiveScorer | Arms, limits: Limits = Limits(), logs: ServerL
             "version": s.version,
             "registry_version": arms.first.pinned or live.registry_version,
             "backend": meta.get("backend"),
-            "int8": meta.get("int8"),
+            "precision": s.precision_report.to_dict(),
             "sub_batch": s.sub_batch,
             "threads": s.threads,
             "metrics": json_safe(meta.get("metrics", {})),
@@ -291,7 +291,7 @@ def serve(
     poll_s: float = POLL_S,
     intra_op: int = 1,
     project_mb: int = PROJECT_MB,
-    int8: bool = False,
+    precision: str = PRECISION,
     log_level: str = "info",
 ) -> None:
     """Run the ranking server until interrupted (loads the models first, so a bad model fails before binding).
@@ -316,7 +316,7 @@ def serve(
     configure_torch_threads(intra_op)
 
     def load(path: Path) -> Scorer:
-        return Scorer.load(path, backend=backend, sub_batch=sub_batch, threads=threads, project_bytes=project_mb << 20, int8=int8)
+        return Scorer.load(path, backend=backend, sub_batch=sub_batch, threads=threads, project_bytes=project_mb << 20, precision=precision)
 
     if arms is None:
         served = Arms.single(LiveScorer(source, load, poll_s=poll_s))
@@ -329,7 +329,8 @@ def serve(
         logs = ServerLogs(log_dir, log_sample, rolling or Rolling())
     app = create_app(served, limits, logs)
     for a in served:
-        log.info("arm %s: serving %s (model %s, backend %s)", a.name, a.live.source, a.live.scorer.version, backend)
+        log.info("arm %s: serving %s (model %s, backend %s, %s)", a.name, a.live.source, a.live.scorer.version, backend,
+                 a.live.scorer.precision_report.summary())
     log.info("listening on http://%s:%d%s", host, port, f"; logging to {log_dir}" if log_dir is not None else "")
     # Everything loaded so far (torch, the model, the app) lives for the whole run: move it out of the garbage collector's
     # reach, so that a full collection triggered by a request's allocations does not walk it (a p99 latency spike).

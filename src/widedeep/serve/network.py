@@ -2,7 +2,8 @@
 
 Both take plain arrays `(ids, dense, lists)` in FeatureSet slot order and return logits, so the Scorer never touches the
 model's internals. The torch network also splits the first MLP layer by input column, W [u; i] = W_u u + W_i i: the context
-half W_u u + b is computed once per request and broadcast over the candidates.
+half W_u u + b is computed once per request and broadcast over the candidates. Its MLP runs in one of three precisions
+(widedeep.serve.precision picks one): fp32, bf16 GEMMs in torch (oneDNN), or int8 weights in onnxruntime.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
+
+import copy
 
 import numpy as np
 import torch
@@ -87,7 +90,7 @@ class ContextHalf:
     from a `Projection`) and the remaining candidate columns (a GEMM), for one set of context features.
 
     With `rest` (the MLP's modules after the first Linear and ReLU) the GEMM part and the rest of the MLP run in
-    onnxruntime (`OrtMlp`).
+    onnxruntime (`OrtMlp`, on int8 weights with `int8`); `bf16` keeps a bf16 copy of the GEMM's weights.
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class ContextHalf:
         dense: tuple[int, torch.Tensor] | None = None,
         int8: bool = False,
         ctx_slots: Sequence[str] = (),
+        bf16: bool = False,
     ):
         self.table = projection.table if projection is not None else None
         item = _Part.of(item_cols, item_slots, projection, dense)
@@ -116,6 +120,7 @@ class ContextHalf:
         self.w_ctx_rest = w.index_select(1, torch.from_numpy(ctx.cols.astype(np.int64))).t().contiguous()
         self.w_item = w.index_select(1, self.item_cols).t().contiguous()  # (D_i, H)
         self.bias = first.bias.detach()
+        self.w_item_bf16 = self.w_item.to(torch.bfloat16) if bf16 else None
         self.ort = None
         if rest is not None:
             from widedeep.serve.ort_mlp import OrtMlp
@@ -147,6 +152,7 @@ class ContextHalf:
 
 
 MlpRuntime = Literal["torch", "onnxruntime"]
+MLP_PRECISIONS = ("fp32", "bf16", "int8")  # what a TorchNetwork's MLP runs in; bf16 in torch, int8 in onnxruntime
 PROJECT_BYTES = PROJECT_MB << 20  # default memory for Projection tables
 
 
@@ -154,8 +160,10 @@ class TorchNetwork:
     """A WideDeep module in inference mode; optionally scores with a precomputed context half of the first MLP layer.
 
     `mlp="onnxruntime"` keeps the embedding lookups and the wide part in torch and runs the MLP in onnxruntime on
-    `mlp_threads` threads (faster GEMMs on CPU); the logits agree with torch's to float32 rounding, or to about 1e-3 with
-    `int8` weights.
+    `mlp_threads` threads (faster fp32 GEMMs on CPU); the logits agree with torch's to float32 rounding. `precision`
+    "bf16" runs the MLP's GEMMs in torch on bf16 weights (fp32 accumulation; the first layer's offset is added in fp32),
+    "int8" in onnxruntime on int8 weights: both within about 1e-3 of fp32 (widedeep.serve.precision measures it).
+    Embedding lookups, the projection table and the wide part stay fp32 in every precision.
     """
 
     def __init__(
@@ -166,29 +174,52 @@ class TorchNetwork:
         mlp: MlpRuntime = "torch",
         mlp_threads: int = 1,
         project_bytes: int = PROJECT_BYTES,
-        int8: bool = False,
+        precision: str = "fp32",
     ):
         if mlp not in ("torch", "onnxruntime"):
             raise ValueError(f"mlp must be 'torch' or 'onnxruntime', got {mlp!r}")
-        if int8 and mlp != "onnxruntime":
-            raise ValueError("int8 needs the MLP in onnxruntime (the hybrid backend)")
-        self._int8 = int8
         self.module = module.eval()
         self.deep: Deep | None = module.deep
         self.feature_of_source = dict(features_by_source)  # input column -> feature name
-        self._halves: dict[frozenset[str], ContextHalf | None] = {}
-        self._ort_rest = None  # the MLP after its first Linear and ReLU, where onnxruntime runs it
+        self._fp32_mlp: MlpRuntime = mlp
         self._ort_threads = int(mlp_threads)
         self._projection: Projection | None = None
+        self.precision = "fp32"
+        self._halves: dict[frozenset[str], ContextHalf | None] = {}
+        self._ort_rest = None  # the MLP after its first Linear and ReLU, where onnxruntime runs it
+        self._bf16_rest: nn.Module | None = None  # the same in bf16, where torch runs it in bf16
         self._full: ContextHalf | None = None  # the split layer with no context columns: plain scoring
-        if self.deep is not None:
-            layers = self.deep.mlp.layers
-            if _splittable(layers):
-                with torch.inference_mode():
-                    self._projection = Projection(self.deep, layers[0], project_bytes) if project_bytes > 0 else None
-                if mlp == "onnxruntime":
-                    self._ort_rest = list(layers[2:])
-                self._full = self._split(frozenset())
+        if self.deep is not None and _splittable(self.deep.mlp.layers):
+            with torch.inference_mode():
+                self._projection = Projection(self.deep, self.deep.mlp.layers[0], project_bytes) if project_bytes > 0 else None
+            self._configure(precision)
+        elif precision != "fp32":
+            self._configure(precision)  # raises: nothing to lower
+
+    def in_precision(self, precision: str) -> TorchNetwork:
+        """This network with its MLP in `precision` (fp32, bf16 or int8); module and projection table are shared."""
+        if precision == self.precision:
+            return self
+        other = copy.copy(self)
+        other._configure(precision)
+        return other
+
+    def _configure(self, precision: str) -> None:
+        if precision not in MLP_PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(MLP_PRECISIONS)}; got {precision!r}")
+        layers = self.deep.mlp.layers if self.deep is not None else ()
+        if precision != "fp32" and not _splittable(layers):
+            raise ValueError(f"precision {precision!r} needs a deep part with hidden layers; this model is scored in fp32 only")
+        runtime = {"fp32": self._fp32_mlp, "bf16": "torch", "int8": "onnxruntime"}[precision]
+        self.precision, self._halves = precision, {}
+        self._ort_rest = list(layers[2:]) if runtime == "onnxruntime" else None
+        self._bf16_rest = copy.deepcopy(nn.Sequential(*layers[2:])).to(torch.bfloat16).eval() if precision == "bf16" else None
+        self._full = self._split(frozenset())
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """What this network's MLP can run in: all of MLP_PRECISIONS, or fp32 alone for a model without hidden layers."""
+        return MLP_PRECISIONS if self._full is not None else ("fp32",)
 
     @property
     def mlp_runtime(self) -> MlpRuntime:
@@ -215,7 +246,7 @@ class TorchNetwork:
         dense = (deep.in_dim - deep.n_dense, deep.dense_columns)
         return ContextHalf(
             first, ctx_cols, item_cols, rest=self._ort_rest, threads=self._ort_threads, projection=self._projection,
-            item_slots=items, dense=dense, int8=self._int8, ctx_slots=ctx_slots,
+            item_slots=items, dense=dense, int8=self.precision == "int8", ctx_slots=ctx_slots, bf16=self._bf16_rest is not None,
         )  # fmt: skip
 
     def context_half(self, context_columns: frozenset[str]) -> ContextHalf | None:
@@ -260,6 +291,9 @@ class TorchNetwork:
         offset = half.offset(t_ids, ctx_term)
         if half.ort is not None:
             logit = torch.from_numpy(half.ort(x_item.numpy(), offset.numpy())) + m.bias
+        elif half.w_item_bf16 is not None:  # bf16 GEMMs accumulate in fp32; the offset (context term, projected rows) stays fp32
+            h = torch.relu(torch.mm(x_item.to(torch.bfloat16), half.w_item_bf16).float() + offset)
+            logit = self._bf16_rest(h.to(torch.bfloat16)).float().squeeze(-1) + m.bias
         else:
             h = torch.relu(torch.addmm(offset, x_item, half.w_item))
             for layer in m.deep.mlp.layers[2:]:  # layers[1] is the ReLU that first_layer applied

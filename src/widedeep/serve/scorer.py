@@ -3,6 +3,8 @@
 The records go through the model's own FeatureSet (the one transform used in training); nothing of the feature logic is
 copied here. A ranking request is one context plus N candidates: the context is transformed once and broadcast, and its half
 of the first MLP layer is computed once. The candidates are split into sub-batches scored in parallel threads, as in the paper.
+The network's MLP runs in fp32, bf16 or int8, named or picked by measurement at load (widedeep.serve.precision);
+`precision_report` says which and why.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from widedeep.batch import pad_ragged
 from widedeep.metrics import sigmoid
 from widedeep.serve.errors import RequestError, locate
 from widedeep.serve.network import PROJECT_BYTES, Network, TorchNetwork
+from widedeep.serve.precision import PrecisionReport, Tuning, check_precision, settle
 from widedeep.serve.settings import BACKENDS, Backend
 
 if TYPE_CHECKING:
+    from widedeep.artifact import Model
     from widedeep.features.encoded import Encoded
     from widedeep.features.transform import FeatureSet
     from widedeep.serve.batcher import Batcher
@@ -68,6 +72,8 @@ class Scorer:
         self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="widedeep-score") if threads > 1 else None
         self._list_slots: tuple[str, ...] = tuple(features.list_slots)
         self.batcher: Batcher | None = None  # set by the server: concurrent requests share passes (widedeep.serve.batcher)
+        precision = getattr(network, "precision", "fp32")
+        self.precision_report = PrecisionReport(precision, precision, "as constructed")
 
     @classmethod
     def load(
@@ -79,40 +85,73 @@ class Scorer:
         threads: int = 1,
         context_half: bool = True,
         project_bytes: int = PROJECT_BYTES,
-        int8: bool = False,
+        precision: str = "fp32",
+        tuning: Tuning | None = None,
     ) -> Scorer:
         """Load a model directory, or a registry's current model; checksums are verified and nothing stored is executed.
 
         Backends: `torch` runs the whole network in torch; `onnxruntime` runs the exported `model.onnx` (the whole network;
         no context half); `hybrid` keeps the embedding lookups and the wide part in torch and runs the MLP, context half
-        split out, in onnxruntime on the cores left per sub-batch thread (the fastest on CPU). Up to `project_bytes` of
-        single-valued embeddings are folded into the first MLP layer (network.Projection); 0 turns that off. `int8`
-        (hybrid only) runs the MLP's MatMuls on int8 weights: faster, with probabilities within about 1e-3.
+        split out, in onnxruntime on the cores left per sub-batch thread (the fastest fp32 on CPU). Up to `project_bytes` of
+        single-valued embeddings are folded into the first MLP layer (network.Projection); 0 turns that off.
+
+        `precision`: fp32 (the default here: the artifact's own scores, to float32 rounding), bf16 (the MLP's GEMMs in
+        torch on bf16 weights), int8 (hybrid only: int8 MLP weights in onnxruntime), or auto (the server's default):
+        the fastest of those this CPU runs natively whose probabilities stay within 2e-3 of fp32 with the top 10 of a
+        calibration batch kept, measured now as `tuning` says (widedeep.serve.precision).
         """
         from widedeep.artifact import Model
 
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        check_precision(precision, backend)
         root = resolve_model_dir(path)
-        model = Model.load(root)
-        sources = {f.source: f.name for f in model.features.features}
-        if int8 and backend != "hybrid":
-            raise ValueError(f"int8 needs the hybrid backend, got {backend!r}")
+        return cls.from_model(
+            Model.load(root), backend=backend, sub_batch=sub_batch, threads=threads, context_half=context_half,
+            project_bytes=project_bytes, precision=precision, tuning=tuning,
+        )  # fmt: skip
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Model,
+        *,
+        backend: Backend = "torch",
+        sub_batch: int = 200,
+        threads: int = 1,
+        context_half: bool = True,
+        project_bytes: int = PROJECT_BYTES,
+        precision: str = "fp32",
+        tuning: Tuning | None = None,
+    ) -> Scorer:
+        """A Scorer over an already loaded Model (see `load` for the arguments)."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        check_precision(precision, backend)
         if backend == "onnxruntime":
             from widedeep.serve.onnx import OnnxNetwork
 
-            network: Network = OnnxNetwork(_onnx_file(root))
+            network: Network = OnnxNetwork(_onnx_file(model.path))
         else:
             mlp_threads = max(1, len(os.sched_getaffinity(0)) // threads)
             mlp = "onnxruntime" if backend == "hybrid" else "torch"
-            network = TorchNetwork(
-                model.module, sources, mlp=mlp, mlp_threads=mlp_threads, project_bytes=project_bytes,
-                int8=int8,
-            )
-        meta = {**model.meta, "backend": backend, "int8": int8, "path": str(root)}
-        return cls(
-            model.features, network, sub_batch=sub_batch, threads=threads, version=model.version, meta=meta, context_half=context_half
-        )
+            sources = {f.source: f.name for f in model.features.features}
+            network = TorchNetwork(model.module, sources, mlp=mlp, mlp_threads=mlp_threads, project_bytes=project_bytes)
+        meta = {**model.meta, "backend": backend, "path": str(model.path)}
+        base = cls(model.features, network, sub_batch=sub_batch, threads=threads, version=model.version, meta=meta,
+                   context_half=context_half)  # fmt: skip
+        scorer, report = settle(base, precision, backend, tuning or Tuning())
+        scorer.precision_report = report
+        scorer.meta["precision"] = report.chosen
+        return scorer
+
+    def in_precision(self, precision: str) -> Scorer:
+        """A Scorer like this one with the network's MLP in `precision` (fp32, bf16 or int8); the weights are shared."""
+        network = self.network.in_precision(precision) if isinstance(self.network, TorchNetwork) else None
+        if network is None:
+            raise ValueError(f"precision {precision!r} needs the torch or hybrid backend")
+        return type(self)(self.features, network, sub_batch=self.sub_batch, threads=self.threads, version=self.version,
+                          meta=self.meta, context_half=self.context_half)  # fmt: skip
 
     # -- public API ------------------------------------------------------------------------------------------------------
 
@@ -146,6 +185,11 @@ class Scorer:
         # context has it too: only the other context fields are constant over the rows.
         p = sigmoid(self._logits(enc, frozenset(context).difference(candidates[0])))
         return top_k(p, k)
+
+    def encoded_logits(self, enc: Encoded, context_columns: frozenset[str] | None = None) -> np.ndarray:
+        """Logits (N,) of already encoded rows: each scored on its own (evaluate, validate), or as one ranking request
+        whose `context_columns` (input columns) hold the same values in every row."""
+        return self._logits(enc, context_columns)
 
     def close(self) -> None:
         if self._pool is not None:

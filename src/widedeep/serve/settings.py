@@ -9,6 +9,12 @@ from typing import Literal, get_args
 
 Backend = Literal["torch", "onnxruntime", "hybrid"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
+Precision = Literal["auto", "fp32", "bf16", "int8"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+PRECISION: Precision = "auto"  # the server's: the fastest precision within the bound below, measured at load
+PRECISION_BOUND = 2e-3  # a lower precision is served only if its probabilities stay within this of fp32's (absolute) ...
+PRECISION_TOP_K = 10  # ... and the calibration batch's top this-many keep their order, up to fp32 probabilities ...
+PRECISION_TIE = PRECISION_BOUND  # ... this close, which count as tied (near-ties swap under any change of arithmetic)
 PROJECT_MB = 256  # memory for embeddings folded into the first MLP layer (serve/network.py Projection)
 POLL_S = 0.5  # seconds between checks of a registry's CURRENT (hot reload)
 AUC_TOLERANCE = 0.002  # validate: largest AUC drop against the current model that passes

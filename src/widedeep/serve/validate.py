@@ -5,10 +5,15 @@ checksum mismatch), cannot score the holdout, or produces NaN/infinite, out-of-r
 directory holds an ONNX export, that export must load and match the weights' scores on the holdout. The comparison fails
 when the new AUC is lower than the current one by more than `auc_tolerance`, or the new logloss higher by more than
 `logloss_tolerance` (both absolute differences).
+
+Both models are scored in fp32 by default, as training records its metrics. `precision="bf16"` or `"int8"` scores them as
+a server does in that precision (widedeep.serve.precision); the new model's scores must then also stay within
+`PRECISION_BOUND` of its fp32 scores, and the report says which precision its figures come from.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -22,7 +27,8 @@ import pyarrow as pa
 from widedeep.artifact import ONNX_FILE, Model, iter_tables
 from widedeep.features.columns import as_label
 from widedeep.metrics import binary_metrics, json_safe, sigmoid
-from widedeep.serve.settings import AUC_TOLERANCE, LOGLOSS_TOLERANCE
+from widedeep.serve.precision import served_logits
+from widedeep.serve.settings import AUC_TOLERANCE, LOGLOSS_TOLERANCE, PRECISION_BOUND
 
 MIN_STD = 1e-6  # scores with a smaller standard deviation count as constant
 ONNX_TOLERANCE = 1e-5  # max |probability difference| between an ONNX export and the weights it came from
@@ -46,6 +52,7 @@ class ValidationReport:
     checks: list[Check] = field(default_factory=list)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # "new" / "current" -> binary_metrics
     tolerances: dict[str, float] = field(default_factory=dict)
+    precision: str = "fp32"  # what the metrics and checks were scored in
 
     @property
     def passed(self) -> bool:
@@ -64,6 +71,7 @@ class ValidationReport:
             "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in self.checks],
             "metrics": json_safe(self.metrics),
             "tolerances": dict(self.tolerances),
+            "precision": self.precision,
         }
 
     def to_json(self) -> str:
@@ -74,6 +82,7 @@ class ValidationReport:
             f"validation {'PASSED' if self.passed else 'FAILED'}: {self.new}",
             f"  against: {self.current or '(none: dry run only)'}",
             f"  holdout: {self.data}",
+            f"  scored in: {self.precision}" + ("" if self.precision == "fp32" else " (as served; training records fp32)"),
         ]
         width = max((len(c.name) for c in self.checks), default=0)
         lines += [f"  [{'ok' if c.passed else 'FAIL':>4}] {c.name:<{width}}  {c.detail}" for c in self.checks]
@@ -92,8 +101,12 @@ def validate(
     *,
     auc_tolerance: float = AUC_TOLERANCE,
     logloss_tolerance: float = LOGLOSS_TOLERANCE,
+    precision: str = "fp32",
 ) -> ValidationReport:
-    """Dry-run `new_dir` on the holdout `data` (file, glob, directory or table) and compare it with `against_dir` if given."""
+    """Dry-run `new_dir` on the holdout `data` (file, glob, directory or table) and compare it with `against_dir` if given,
+    both scored in `precision` (fp32, bf16 or int8)."""
+    if precision not in ("fp32", "bf16", "int8"):
+        raise ValueError(f"precision must be fp32, bf16 or int8; got {precision!r}")
     for name, tol in (("auc_tolerance", auc_tolerance), ("logloss_tolerance", logloss_tolerance)):
         if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {tol!r}")
@@ -102,6 +115,7 @@ def validate(
         current=None if against_dir is None else str(against_dir),
         data="<table>" if isinstance(data, pa.Table) else str(data),
         tolerances={"auc": float(auc_tolerance), "logloss": float(logloss_tolerance)},
+        precision=precision,
     )
     new = _load(report, "load", new_dir)
     if new is None:
@@ -111,7 +125,11 @@ def validate(
         return report
 
     models = {"new": new} if current is None else {"new": new, "current": current}
-    scorers: dict[str, Callable[[pa.Table], np.ndarray]] = {k: m.predict for k, m in models.items()}
+    scorers: dict[str, Callable[[pa.Table], np.ndarray]] = {
+        k: functools.partial(m.predict, logits=served_logits(m, precision)) for k, m in models.items()
+    }
+    if precision != "fp32":  # the bound, and an ONNX export, are checked against the weights' fp32 scores
+        scorers["fp32"] = new.predict
     onnx_file = Path(new_dir) / ONNX_FILE
     if onnx_file.is_file():  # a server may run this export (--backend onnxruntime): it must score like the weights
         onnx = _load_onnx(report, onnx_file)
@@ -141,8 +159,13 @@ def validate(
         std >= MIN_STD,
         f"score std {std:.3g}" + (f" < {MIN_STD:g}: the model gives every row the same score" if std < MIN_STD else ""),
     )
+    fp32 = scores.get("fp32", p)
+    if "fp32" in scores:
+        dp = float(np.abs(p.astype(np.float64) - fp32).max())
+        detail = f"{precision} vs fp32: max |dp| {dp:.3g} (at most {PRECISION_BOUND:g})"
+        report.add("precision_bound", dp <= PRECISION_BOUND, detail)
     if "onnx" in scores:
-        dp = float(np.abs(scores["onnx"].astype(np.float64) - p).max())
+        dp = float(np.abs(scores["onnx"].astype(np.float64) - fp32).max())
         report.add("onnx_parity", dp <= ONNX_TOLERANCE, f"model.onnx vs weights: max |dp| {dp:.3g} (at most {ONNX_TOLERANCE:g})")
     report.metrics["new"] = binary_metrics(labels, p)
     auc = report.metrics["new"]["auc"]
