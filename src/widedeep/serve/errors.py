@@ -42,3 +42,22 @@ def locate(
     if row is not None and field not in rows[row]:
         return RequestError(f"{where}[{row}].{field}", f"missing required feature {field!r}")
     return RequestError(f"{where}[{row}].{field}" if row is not None else f"{where}.{field}", message)
+
+
+def locate_column(error: ValueError, where: str, context: Mapping[str, Any] | None, columns: Mapping[str, Any]) -> RequestError:
+    """`locate` for rows given as columns (FeatureSet.transform_columns): a field among the columns is named with the row,
+    ``candidates.price[17]``; any other was read from the context (``context.age``), or is missing from both."""
+    field = str(getattr(error, "field", ""))
+    text = str(error)
+    message = text[len(f"{field!r}: ") :] if text.startswith(f"{field!r}: ") else text
+    m = _RECORD.match(message)
+    if m and message[m.end() - 2 : m.end()] == ": ":
+        message = message[m.end() :]
+    if not field:
+        return RequestError(where, message)
+    if field in columns:
+        return RequestError(f"{where}.{field}[{m.group(1)}]" if m else f"{where}.{field}", message)
+    if context is None or field not in context:
+        also = " or in the context" if context is not None else ""
+        return RequestError(f"{where}.{field}", f"missing required feature {field!r} (give it as a column{also})")
+    return RequestError(f"context.{field}", message)

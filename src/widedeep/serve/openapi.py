@@ -10,7 +10,10 @@ from pydantic import BaseModel, Field
 
 class RecommendRequest(BaseModel):
     context: dict[str, Any] = Field(default_factory=dict, description="user and context features, transformed once")
-    candidates: list[dict[str, Any]] = Field(description="item features of each candidate (1 to max_candidates)")
+    candidates: list[dict[str, Any]] | dict[str, list[Any]] = Field(
+        description="item features of each candidate (1 to max_candidates): a list of objects, or an object of columns "
+        'with one value per candidate each, e.g. {"impression_app": ["a", "b"], "app_price": [0.99, 0]}'
+    )
     k: int = Field(10, ge=1, description="how many candidates to return")
     request_id: str | None = Field(None, min_length=1, max_length=128, description="the client's id (default: a fresh one)")
 
@@ -28,7 +31,9 @@ class RecommendResponse(BaseModel):
 
 
 class ScoreRequest(BaseModel):
-    instances: list[dict[str, Any]] = Field(description="full feature records")
+    instances: list[dict[str, Any]] | dict[str, list[Any]] = Field(
+        description="full feature records: a list of objects, or an object of columns with one value per instance each"
+    )
     arm: str | None = Field(None, description="the A/B arm to score with (default: the first)")
 
 

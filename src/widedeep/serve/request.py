@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import operator
+from itertools import chain
 from typing import Any, AsyncIterator, Mapping, Sequence
 
+import numpy as np
 import orjson
 from starlette.requests import Request
 
@@ -134,6 +137,51 @@ def _check_value(value: Any, path: str, max_bytes: int, in_list: bool = False) -
     elif isinstance(value, list) and not in_list:
         for j, element in enumerate(value):
             _check_value(element, f"{path}[{j}]", max_bytes, in_list=True)
+
+
+def check_rows(rows: Any, where: str, columns: Sequence[str], limits: Limits) -> dict[str, Any]:
+    """A request's rows at `where`: at most `limits.max_candidates` records in a list, or columns (field -> one value per
+    row) checked here whole (`check_columns`). Returns ``{where: rows}`` for `check_values` when they are records."""
+    if isinstance(rows, dict):
+        check_columns(rows, where, columns, limits)
+        return {}
+    if isinstance(rows, list) and len(rows) > limits.max_candidates:
+        raise RequestError(where, f"{len(rows)} {where} exceed the limit of {limits.max_candidates}")
+    return {where: rows}
+
+
+def check_columns(rows: Mapping[str, Any], where: str, columns: Sequence[str], limits: Limits) -> None:
+    """422 naming the field (``candidates.price``) unless every field of the columnar `rows` is a list of the first one's
+    length, at most `limits.max_candidates`; and naming the value (``candidates.price[17]``, ``candidates.apps[3][1]``)
+    for what `check_values` refuses in the input `columns`. A few C-level passes per column; only rows flagged by them
+    (a boolean, a long string or list) are looked at one by one."""
+    n, first = None, ""
+    for name, values in rows.items():
+        if not isinstance(values, list):
+            raise RequestError(f"{where}.{name}", f"expected a list of values, one per row, got {_what(values)}")
+        if n is None:
+            n, first = len(values), name
+        elif len(values) != n:
+            raise RequestError(f"{where}.{name}", f"{len(values)} values where {where}.{first} has {n}: every field needs one per row")
+    if n is not None and n > limits.max_candidates:
+        raise RequestError(where, f"{n} {where} exceed the limit of {limits.max_candidates}")
+    for name in columns:
+        if name in rows:
+            _check_column(rows[name], f"{where}.{name}", limits.max_string_bytes)
+
+
+def _check_column(values: list, path: str, max_bytes: int) -> None:
+    kinds = set(map(type, values))
+    # A string takes at most 4 UTF-8 bytes a character: only those longer than max_bytes / 4 need counting.
+    flagged = np.flatnonzero(np.fromiter(map(operator.length_hint, values), np.int64, len(values)) * 4 > max_bytes)
+    if list in kinds:
+        elements = list(chain.from_iterable(filter(list.__instancecheck__, values)))
+        if bool in set(map(type, elements)) or 4 * max(map(operator.length_hint, elements), default=0) > max_bytes:
+            flagged = range(len(values))
+    if bool in kinds:
+        flagged = range(len(values))
+    for i in flagged:
+        _check_value(values[i], f"{path}[{i}]", max_bytes)
 
 
 class _NonFinite(float):

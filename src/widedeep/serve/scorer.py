@@ -20,7 +20,7 @@ import numpy as np
 
 from widedeep.batch import pad_ragged
 from widedeep.metrics import sigmoid
-from widedeep.serve.errors import RequestError, locate
+from widedeep.serve.errors import RequestError, locate, locate_column
 from widedeep.serve.network import PROJECT_BYTES, Network, TorchNetwork
 from widedeep.serve.precision import PrecisionReport, Tuning, check_precision, settle
 from widedeep.serve.settings import BACKENDS, Backend
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from widedeep.features.encoded import Encoded
     from widedeep.features.transform import FeatureSet
     from widedeep.serve.batcher import Batcher
-
 
 
 @dataclass(frozen=True)
@@ -155,8 +154,10 @@ class Scorer:
 
     # -- public API ------------------------------------------------------------------------------------------------------
 
-    def score(self, instances: Sequence[dict[str, Any]]) -> np.ndarray:
-        """P(label = 1) (N,) float32 for N full records (context and item fields together)."""
+    def score(self, instances: Sequence[dict[str, Any]] | dict[str, list]) -> np.ndarray:
+        """P(label = 1) (N,) float32 for N full records (context and item fields together), or for columns of N values."""
+        if isinstance(instances, dict):
+            return self._score_columns(None, instances, "instances")
         if not isinstance(instances, list):
             raise RequestError("instances", f"expected a list of objects, got {_kind(instances)}")
         if not instances:
@@ -167,12 +168,17 @@ class Scorer:
         enc = self._transform(lambda: self.features.transform_records(instances), "instances", None, instances)
         return sigmoid(self._logits(enc, None))
 
-    def recommend(self, context: dict[str, Any], candidates: Sequence[dict[str, Any]], k: int = 10) -> Ranked:
-        """The k best candidates for one context, best first (ties broken by candidate position)."""
+    def recommend(self, context: dict[str, Any], candidates: Sequence[dict[str, Any]] | dict[str, list], k: int = 10) -> Ranked:
+        """The k best candidates for one context, best first (ties broken by candidate position). The candidates are
+        records, or columns: field -> one value per candidate (FeatureSet.transform_columns)."""
         if not isinstance(context, dict):
             raise RequestError("context", f"expected an object, got {_kind(context)}")
+        if isinstance(candidates, dict):
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise RequestError("k", f"expected a positive integer, got {k!r}")
+            return top_k(self._score_columns(context, candidates, "candidates"), k)
         if not isinstance(candidates, list):
-            raise RequestError("candidates", f"expected a list of objects, got {_kind(candidates)}")
+            raise RequestError("candidates", f"expected a list of objects or an object of columns, got {_kind(candidates)}")
         if not candidates:
             raise RequestError("candidates", "expected at least one candidate, got an empty list")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -205,6 +211,19 @@ class Scorer:
             if isinstance(e, RequestError) or getattr(e, "field", None) is None:
                 raise
             raise locate(e, where, context, rows) from None
+
+    def _score_columns(self, context: dict[str, Any] | None, columns: dict[str, list], where: str) -> np.ndarray:
+        """P(label = 1) of rows given as columns at `where`; the `context` fields that are not columns are the same in
+        every row (FeatureSet.transform_columns)."""
+        try:
+            enc = self.features.transform_columns(context or {}, columns)
+        except ValueError as e:
+            if isinstance(e, RequestError) or getattr(e, "field", None) is None:
+                raise
+            raise locate_column(e, where, context, columns) from None
+        if len(enc) == 0:
+            raise RequestError(where, f"expected at least one {where[:-1]}, got {'empty columns' if columns else 'no columns'}")
+        return sigmoid(self._logits(enc, frozenset(context or ()).difference(columns) or None))
 
     def _logits(self, enc: Encoded, context_columns: frozenset[str] | None) -> np.ndarray:
         """Logits (N,) over sub-batches of `sub_batch` rows, run in parallel on the thread pool."""

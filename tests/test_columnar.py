@@ -1,0 +1,254 @@
+"""Columnar candidates (field -> one value per candidate): the same encodings and scores as the same candidates given as
+objects, checked column by column with errors that name the value (``candidates.price[17]``), over HTTP too."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import make_log
+from test_features_small import features, identical, records
+
+from widedeep.config import load
+from widedeep.features.columnar import Rows
+from widedeep.features.columns import FeatureError
+from widedeep.features.transform import FeatureSet
+from widedeep.loop.logs import Rolling, ServerLogs
+from widedeep.serve.errors import RequestError
+from widedeep.serve.http import BackgroundServer, create_app
+from widedeep.serve.limits import Limits
+from widedeep.serve.live import LiveScorer
+from widedeep.serve.scorer import Scorer
+
+CONTEXT = {"country": "us", "installed_apps": ["app2", "app7"], "user_id": 42, "age": 31.5}
+
+
+def columns_of(rows: list[dict]) -> dict[str, list]:
+    return {k: [r[k] for r in rows] for k in rows[0]}
+
+
+def cands(n: int) -> list[dict]:
+    return [{"impression_app": f"app{i % 33}", "price": i % 3 if i % 2 else float(i % 7) / 2} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def fitted() -> FeatureSet:
+    recs = [{k: (str(v) if isinstance(v, int) and k in ("c", "h") else v) for k, v in r.items()} for r in records(300, 0)]
+    for r in recs:
+        for k in ("tags", "hl"):
+            r[k] = None if r[k] is None else [None if t is None else str(t) for t in r[k]]
+    return features().fit(pa.table({**{k: [r[k] for r in recs] for k in ("c", "tags", "h", "hl", "x")}, "y": [0] * 300}))
+
+
+# -- the transform -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("in_context", [(), ("c", "x"), ("c", "tags", "x"), ("tags", "hl"), ("c", "tags", "h", "hl")])
+def test_columns_encode_as_the_same_records(fitted: FeatureSet, seed: int, in_context: tuple[str, ...]) -> None:
+    # OOV, nulls, "", integer tokens, empty and null lists, null and "" list elements, NaN, every cross kind
+    recs = records(200, seed)
+    context = {k: recs[0][k] for k in in_context}
+    rows = [{k: v for k, v in r.items() if k not in in_context} for r in recs]
+    expected = fitted.transform_request(context, rows)
+    identical(fitted.transform_columns(context, columns_of(rows)), expected)
+    identical(fitted.transform_columns(context, columns_of(rows)), expected)  # warm memos and float block
+
+
+def test_one_row_numpy_columns_and_no_rows(fitted: FeatureSet) -> None:
+    recs = records(50, 3)
+    one = fitted.transform_columns({}, columns_of(recs[7:8]))
+    identical(one, fitted.transform_records(recs[7:8]))
+    cols = columns_of(recs)
+    cols["x"] = np.array([np.nan if v is None else v for v in cols["x"]])  # NaN and None both mean missing
+    cols["c"] = np.array([str(v) for v in cols["c"]], dtype=object)
+    want = [{**r, "c": str(r["c"])} for r in recs]
+    identical(fitted.transform_columns({}, cols), fitted.transform_records(want))
+    assert len(fitted.transform_columns({"c": "a"}, {})) == 0 and len(fitted.transform_columns({}, {"x": []})) == 0
+
+
+def test_tiny_config_columns_equal_records(tiny_config: Path) -> None:
+    fs = FeatureSet.from_config(load(tiny_config)).fit(pq.read_table(tiny_config.parent / "train.parquet"))
+    recs = make_log(300, 11).drop_columns(["installed"]).to_pylist()
+    identical(fs.transform_columns({}, columns_of(recs)), fs.transform_records(recs))
+    context = {"country": "de", "user_id": 7, "age": None}
+    rows = [{k: v for k, v in r.items() if k not in context} for r in recs]
+    identical(fs.transform_columns(context, columns_of(rows)), fs.transform_request(context, rows))
+
+
+@pytest.mark.parametrize(
+    "column,values,field,message",
+    [
+        ("x", [1.0, "3", 2.0], "x", "record 1: expected a number, got str '3'"),
+        ("c", ["a", 1.5, "b"], "c", "record 1: expected a string or integer, got float 1.5"),
+        ("c", ["a", "b", ["a"]], "c", "record 2: expected a string or integer, got list ['a']"),
+        ("tags", [["a"], "a,b", []], "tags", "record 1: expected a list, got str 'a,b'"),
+        ("x", [1.0, 2.0**60, 2], "x", "record 1: the integer"),
+    ],
+)
+def test_a_bad_value_names_its_column_and_row(fitted: FeatureSet, column: str, values: list, field: str, message: str) -> None:
+    recs = records(3, 4)
+    cols = columns_of(recs)
+    cols[column] = [int(v) if isinstance(v, float) and v > 2**53 else v for v in values]
+    with pytest.raises(FeatureError) as e:
+        fitted.transform_columns({}, cols)
+    assert e.value.field == field and message in str(e.value)
+
+
+def test_columns_of_other_lengths_or_not_lists_name_the_column(fitted: FeatureSet) -> None:
+    cols = columns_of(records(4, 5))
+    with pytest.raises(FeatureError, match="has 3 values where 'c' has 4") as e:
+        fitted.transform_columns({}, {**cols, "h": cols["h"][:3]})
+    assert e.value.field == "h"
+    with pytest.raises(FeatureError, match="expected a list of values") as e:
+        fitted.transform_columns({}, {**cols, "x": 3.5})
+    assert e.value.field == "x"
+
+
+def test_rows_show_columns_as_records() -> None:
+    rows = Rows({"a": [1, 2, 3], "b": ["x", "y", "z"]})
+    assert len(rows) == 3 and rows[1] == {"a": 2, "b": "y"} and rows[-1] == {"a": 3, "b": "z"} and list(rows)[0]["b"] == "x"
+    with pytest.raises(IndexError):
+        rows[3]
+
+
+# -- the scorer ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_model: Path) -> Scorer:
+    return Scorer.load(tiny_model, sub_batch=16, threads=2)
+
+
+def test_scores_equal_the_objects_scores_exactly(scorer: Scorer) -> None:
+    rng = np.random.default_rng(0)
+    rows = [{**c, "installed_apps": [f"app{j}" for j in rng.integers(0, 30, rng.integers(0, 4))] if i % 5 else None,
+             "age": None if i % 7 == 0 else float(rng.normal(35, 10))} for i, c in enumerate(cands(45))]  # fmt: skip
+    for context, cand in [
+        (CONTEXT, cands(45)),  # multi-valued and continuous features in the context
+        ({"country": "fr", "user_id": "u9"}, rows),  # ... and in the candidates, with nulls
+    ]:
+        want, got = scorer.recommend(context, cand, k=45), scorer.recommend(context, columns_of(cand), k=45)
+        assert np.array_equal(got.index, want.index) and np.array_equal(got.score, want.score)
+        full = [{**context, **c} for c in cand]
+        assert np.array_equal(scorer.score(columns_of(full)), scorer.score(full))
+
+
+@pytest.mark.parametrize(
+    "context,columns,field",
+    [
+        (CONTEXT, {"impression_app": ["a", "b"], "price": [1, "x"]}, "candidates.price[1]"),
+        (CONTEXT, {"impression_app": ["a", "b"]}, "candidates.price"),  # in neither the columns nor the context
+        ({**CONTEXT, "age": "old"}, {"impression_app": ["a"], "price": [1]}, "context.age"),
+        (CONTEXT, {"impression_app": ["a", "b"], "price": [1]}, "candidates.price"),
+        (CONTEXT, {"impression_app": [], "price": []}, "candidates"),
+        (CONTEXT, {}, "candidates"),
+    ],
+)
+def test_scorer_errors_name_the_value(scorer: Scorer, context: dict, columns: dict, field: str) -> None:
+    with pytest.raises(RequestError) as e:
+        scorer.recommend(context, columns)
+    assert e.value.field == field
+
+
+# -- over HTTP -----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client(tiny_model: Path):
+    live = LiveScorer(tiny_model, lambda p: Scorer.load(p, sub_batch=16, threads=2))
+    app = create_app(live, Limits(max_body_bytes=64 * 1024, max_candidates=50, max_string_bytes=1000))
+    with BackgroundServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        yield c
+
+
+def test_http_columns_answer_as_objects(client: httpx.Client) -> None:
+    rows = cands(40)
+    want = client.post("/v1/recommend", json={"context": CONTEXT, "candidates": rows, "k": 7})
+    got = client.post("/v1/recommend", json={"context": CONTEXT, "candidates": columns_of(rows), "k": 7})
+    assert want.status_code == got.status_code == 200, got.text
+    assert got.json()["items"] == want.json()["items"]
+    full = [{**CONTEXT, **c} for c in rows[:9]]
+    want, got = (client.post("/v1/score", json={"instances": x}) for x in (full, columns_of(full)))
+    assert got.status_code == 200 and got.json()["scores"] == want.json()["scores"]
+
+
+def _body(columns: dict, context: dict = CONTEXT) -> str:
+    return json.dumps({"context": context, "candidates": columns, "k": 3}, allow_nan=True)
+
+
+def _cols(n: int = 20, **changes) -> dict:
+    cols = columns_of(cands(n))
+    for name, (i, value) in changes.items():
+        cols[name] = [*cols[name][:i], value, *cols[name][i + 1 :]]
+    return cols
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        (_body(_cols(price=(3, "abc"))), "candidates.price[3]"),  # a wrong type
+        (_body(_cols(price=(17, True))), "candidates.price[17]"),  # a boolean
+        (_body(_cols(impression_app=(2, False))), "candidates.impression_app[2]"),
+        (_body(_cols(price=(17, math.nan))), "candidates.price[17]"),  # NaN is no JSON number
+        (_body(_cols(price=(5, math.inf))), "candidates.price[5]"),
+        (_body(_cols(impression_app=(4, ["app1"]))), "candidates.impression_app[4]"),  # a list for a scalar
+        (_body(_cols(price=(6, {"a": 1}))), "candidates.price[6]"),
+        (_body(_cols(impression_app=(5, "x" * 1001))), "candidates.impression_app[5]"),  # past max_string_bytes
+        (_body(_cols(impression_app=(8, "é" * 501))), "candidates.impression_app[8]"),  # 1002 UTF-8 bytes
+        (_body({**_cols(), "installed_apps": [["a"]] * 2 + [["b", "y" * 1001]] + [[]] * 17}, {"country": "us", "user_id": 1,
+                                                                                          "age": 3}), "candidates.installed_apps[2][1]"),  # fmt: skip
+        (_body({**_cols(), "installed_apps": [["a"], ["b", True]] + [[]] * 18}, {"country": "us", "user_id": 1, "age": 3}),
+         "candidates.installed_apps[1][1]"),  # fmt: skip
+        (_body({**_cols(), "price": [1.0] * 19}), "candidates.price"),  # another length than the first column
+        (_body({**_cols(), "price": 2.5}), "candidates.price"),  # not a list
+        (_body({"impression_app": ["a", "b"]}), "candidates.price"),  # a missing feature column
+        (_body(_cols(51)), "candidates"),  # too many candidates
+        (_body({"impression_app": [], "price": []}), "candidates"),
+        (_body({}), "candidates"),
+        (_body(_cols(), {**CONTEXT, "age": [1]}), "context.age"),
+        (_body(_cols(), {**CONTEXT, "user_id": True}), "context.user_id"),
+    ],
+)
+def test_http_errors_name_the_value(client: httpx.Client, body: str, field: str) -> None:
+    r = client.post("/v1/recommend", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == field and r.json()["error"]["message"]
+
+
+def test_http_values_just_within_the_limits_and_score_errors(client: httpx.Client) -> None:
+    cols = {"impression_app": ["x" * 1000, "é" * 500, "true"], "price": [1, 2.5, None]}
+    r = client.post("/v1/recommend", json={"context": CONTEXT, "candidates": cols, "k": 3})
+    assert r.status_code == 200, r.text
+    full = columns_of([{**CONTEXT, **c} for c in cands(3)])
+    for changes, field in [({"user_id": None}, "instances.user_id"), ({"age": [1, True, 2]}, "instances.age[1]")]:
+        doc = {k: v for k, v in {**full, **changes}.items() if v is not None}
+        r = client.post("/v1/score", json={"instances": doc})
+        assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
+
+
+def test_openapi_request_models_accept_both_shapes(client: httpx.Client) -> None:
+    spec = json.dumps(client.get("/openapi.json").json()["paths"]["/v1/recommend"]["post"]["requestBody"])
+    assert '"anyOf"' in spec and "an object of columns" in spec
+
+
+def test_impressions_of_columnar_requests_are_logged_as_received(tiny_model: Path, tmp_path: Path) -> None:
+    live = LiveScorer(tiny_model, lambda p: Scorer.load(p, sub_batch=16, threads=1))
+    logs = ServerLogs(tmp_path, 1.0, Rolling(seconds=3600))
+    rows = cands(9)
+    with BackgroundServer(create_app(live, Limits(max_candidates=50), logs)) as srv, httpx.Client(base_url=srv.url) as c:
+        r = c.post("/v1/recommend", json={"context": CONTEXT, "candidates": columns_of(rows), "k": 4})
+        assert r.status_code == 200, r.text
+    table = pa.concat_tables([pq.read_table(p) for p in sorted((tmp_path / "impressions").glob("part-*.parquet"))])
+    logged = table.sort_by("position").to_pylist()
+    assert [x["index"] for x in logged] == [it["index"] for it in r.json()["items"]]
+    for x in logged:
+        want = rows[x["index"]]
+        assert x["impression_app"] == want["impression_app"] and x["price"] == float(want["price"])
+        assert x["country"] == "us" and x["installed_apps"] == CONTEXT["installed_apps"] and x["user_id"] == "42"
