@@ -8,11 +8,10 @@ half W_u u + b is computed once per request and broadcast over the candidates. I
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
-
-import copy
 
 import numpy as np
 import torch
