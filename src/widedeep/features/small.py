@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import operator
 import threading
-from itertools import chain, compress, repeat
+from itertools import chain, repeat
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -90,10 +90,9 @@ def _arrays(ids: dict, hashes: dict, tokens: list, want_hashes: bool) -> tuple[n
 
 
 def list_tokens(values: list) -> tuple[list, np.ndarray, np.ndarray] | None:
-    """(flat elements, lengths (n,) int64, null (n,) bool) of a multi-valued column given as Python lists; null and
-    empty-string elements are dropped as `columns.as_lists` drops them. None if a row is not a list or None.
-
-    Column at a time: every step is one C-level pass (map, chain, compress) over the rows or the elements."""
+    """(flat elements, lengths (n,) int64, null (n,) bool) of a multi-valued column given as Python lists, null and
+    empty-string elements included (they get id 1, by which the caller drops them as `columns.as_lists` drops them).
+    None if a row is not a list or None. Column at a time: each step is one C-level pass over the rows or elements."""
     n = len(values)
     kinds = set(map(type, values))
     if not kinds <= {list, type(None)}:
@@ -104,13 +103,7 @@ def list_tokens(values: list) -> tuple[list, np.ndarray, np.ndarray] | None:
     else:
         null = np.zeros(n, bool)
         lengths = np.fromiter(map(len, values), np.int64, n)
-    flat = list(chain.from_iterable(filter(None, values)))
-    if None in flat or "" in flat:
-        keep = np.fromiter(map(operator.is_not, flat, repeat(None)), bool, len(flat))
-        keep &= np.fromiter(map(operator.ne, flat, repeat("")), bool, len(flat))
-        flat = list(compress(flat, keep.tolist()))
-        lengths = np.bincount(np.repeat(np.arange(n), lengths)[keep], minlength=n).astype(np.int64)
-    return flat, lengths, null
+    return list(chain.from_iterable(filter(None, values))), lengths, null
 
 
 class FloatBlock:

@@ -372,6 +372,11 @@ class FeatureSet:
         if found is None:
             return None
         (ids, h), (_, lengths, null) = found, parts
+        dropped = ids == 1  # null and empty-string elements, the only ones with id 1: dropped, as columns.as_lists does
+        if dropped.any():
+            keep = ~dropped
+            lengths = np.bincount(np.repeat(np.arange(len(values)), lengths)[keep], minlength=len(values))
+            ids, h = ids[keep], None if h is None else h[keep]
         offsets = np.zeros(len(values) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
         out, out_off = fill_rows(ids, offsets, null, np.int32(1))
