@@ -202,6 +202,7 @@ def _cols(n: int = 20, **changes) -> dict:
         (_body(_cols(price=(6, {"a": 1}))), "candidates.price[6]"),
         (_body(_cols(impression_app=(5, "x" * 1001))), "candidates.impression_app[5]"),  # past max_string_bytes
         (_body(_cols(impression_app=(8, "é" * 501))), "candidates.impression_app[8]"),  # 1002 UTF-8 bytes
+        (_body({**_cols(), "impression_app": [None, 7] + ["a"] * 10 + ["é" * 501] + ["b"] * 7}), "candidates.impression_app[12]"),
         (_body({**_cols(), "installed_apps": [["a"]] * 2 + [["b", "y" * 1001]] + [[]] * 17}, {"country": "us", "user_id": 1,
                                                                                           "age": 3}), "candidates.installed_apps[2][1]"),  # fmt: skip
         (_body({**_cols(), "installed_apps": [["a"], ["b", True]] + [[]] * 18}, {"country": "us", "user_id": 1, "age": 3}),

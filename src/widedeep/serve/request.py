@@ -172,14 +172,16 @@ def check_columns(rows: Mapping[str, Any], where: str, columns: Sequence[str], l
 
 def _check_column(values: list, path: str, max_bytes: int) -> None:
     kinds = set(map(type, values))
-    # A string takes at most 4 UTF-8 bytes a character: only those longer than max_bytes / 4 need counting.
-    flagged = np.flatnonzero(np.fromiter(map(operator.length_hint, values), np.int64, len(values)) * 4 > max_bytes)
-    if list in kinds:
-        elements = list(chain.from_iterable(filter(list.__instancecheck__, values)))
-        if bool in set(map(type, elements)) or 4 * max(map(operator.length_hint, elements), default=0) > max_bytes:
-            flagged = range(len(values))
-    if bool in kinds:
+    flagged: Sequence[int] = ()
+    # A string takes at most 4 UTF-8 bytes a character: only those longer than max_bytes / 4 characters need counting.
+    if bool in kinds or (kinds == {str} and 4 * max(map(len, values)) > max_bytes):
         flagged = range(len(values))
+    elif kinds != {str} and (str in kinds or list in kinds):
+        flagged = np.flatnonzero(np.fromiter(map(operator.length_hint, values), np.int64, len(values)) * 4 > max_bytes)
+        if list in kinds:
+            elements = list(chain.from_iterable(filter(list.__instancecheck__, values)))
+            if bool in set(map(type, elements)) or 4 * max(map(operator.length_hint, elements), default=0) > max_bytes:
+                flagged = range(len(values))
     for i in flagged:
         _check_value(values[i], f"{path}[{i}]", max_bytes)
 
