@@ -66,6 +66,8 @@ def _map(pool: Executor | None, fn: Callable, items: Sequence) -> list:
 def _stack_columns(cols: list[np.ndarray], dtype, n: int) -> np.ndarray:
     """(n, len(cols)) row-major matrix from columns, filled in row blocks that stay in cache (strided writes are slow).
     One `np.stack` per block keeps the GIL released for most of the work (a column-by-column loop would contend)."""
+    if cols and n <= SMALL_BATCH:  # a request: one concatenation and one transposing copy cost less than np.stack's calls
+        return np.ascontiguousarray(np.concatenate(cols, dtype=dtype, casting="unsafe").reshape(len(cols), n).T)
     out = np.empty((n, len(cols)), dtype)
     if not cols:
         return out
