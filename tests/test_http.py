@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import httpx
@@ -137,7 +138,7 @@ def test_garbage_never_gets_a_5xx(server):
 def test_model_health_metrics_and_docs(server):
     client, live = server
     h = client.get("/healthz").json()
-    assert h == {"status": "ok", "model_version": live.scorer.version}
+    assert h == {"status": "ok", "model_version": live.scorer.version, "pid": os.getpid()}  # the process that answered
     r = client.get("/readyz")  # a model directory: always ready once loaded
     assert r.status_code == 200 and r.json() == {"status": "ready", "model_version": live.scorer.version, "registry_version": None}
     m = client.get("/v1/model").json()

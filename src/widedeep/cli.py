@@ -11,6 +11,7 @@ from pathlib import Path
 from widedeep.config import ConfigError, load
 from widedeep.serve.settings import AUC_TOLERANCE, BACKENDS, LOGLOSS_TOLERANCE, POLL_S, PRECISION, PRECISIONS, PROJECT_MB
 from widedeep.serve.settings import LOG_QUEUE, LOG_ROLL_MB, LOG_ROLL_ROWS, LOG_ROLL_S, LOG_SAMPLE, SPLIT_KEY
+from widedeep.serve.settings import BATCH_QUEUE, BATCHING, MAX_BATCH_CANDIDATES, MAX_QUEUE_DELAY_US, WORKERS
 
 BACKEND_HELP = (
     "torch: the whole network in torch; onnxruntime: the exported model.onnx; hybrid: embeddings in torch, the MLP with "
@@ -235,7 +236,10 @@ def _serve(args: argparse.Namespace) -> int:
     from widedeep.loop.logs import Rolling
 
     rolling = Rolling(seconds=args.log_roll_seconds, rows=args.log_roll_rows, mb=args.log_roll_mb, queue=args.log_queue)
-    serve(
+    from widedeep.serve.batcher import Batching
+
+    batching = Batching(args.batching == "on", args.max_batch_candidates, args.max_queue_delay_us, args.batch_queue)
+    return serve(
         args.model,
         arms=args.arms,
         split_key=args.split_key,
@@ -253,8 +257,9 @@ def _serve(args: argparse.Namespace) -> int:
         limits=limits,
         poll_s=args.poll,
         log_level=args.log_level,
+        batching=batching,
+        workers=args.workers,
     )
-    return 0
 
 
 def _bench_serve(args: argparse.Namespace) -> int:
@@ -400,6 +405,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="open connections; more are answered 503 and closed (default: %(default)s)",
     )  # fmt: skip
     s.add_argument("--poll", type=float, default=POLL_S, help="seconds between checks of a registry's CURRENT (default: %(default)s)")
+    s.add_argument(
+        "--batching", choices=("on", "off"), default=BATCHING,
+        help="score the candidates of concurrent requests in shared passes of the network (default: %(default)s)",
+    )  # fmt: skip
+    s.add_argument("--max-batch-candidates", type=int, default=MAX_BATCH_CANDIDATES, help="candidates in one shared pass (default: %(default)s)")
+    s.add_argument(
+        "--max-queue-delay-us", type=int, default=MAX_QUEUE_DELAY_US,
+        help="microseconds a pass waits for more requests (default: %(default)s: score what is waiting, never wait)",
+    )  # fmt: skip
+    s.add_argument("--batch-queue", type=int, default=BATCH_QUEUE, help="requests waiting to be scored; more get 503 (default: %(default)s)")
+    s.add_argument(
+        "--workers", type=int, default=WORKERS,
+        help="server processes forked after loading the models, sharing them (default: %(default)s)",
+    )  # fmt: skip
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     s.set_defaults(func=_serve)
 

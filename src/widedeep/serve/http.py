@@ -52,6 +52,7 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import os
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -68,6 +69,7 @@ from starlette.requests import ClientDisconnect
 from widedeep.features.columnar import Rows
 from widedeep.loop.arms import Arms, parse_arms
 from widedeep.metrics import json_safe
+from widedeep.serve.batcher import Batching, batched
 from widedeep.serve.errors import RequestError
 from widedeep.serve.limits import Limits
 from widedeep.serve.live import LiveScorer
@@ -86,7 +88,7 @@ from widedeep.serve.prom import CONTENT_TYPE, LogCounts, ServerMetrics
 from widedeep.serve.request import check_rows, check_values, parse_events, parse_object, read_body, request_id, required
 from widedeep.serve.scorer import Scorer
 from widedeep.serve.server import BackgroundServer, uvicorn_config  # noqa: F401 -- BackgroundServer: tests import it from here
-from widedeep.serve.settings import LOG_SAMPLE, POLL_S, PRECISION, PROJECT_MB, SPLIT_KEY, Backend
+from widedeep.serve.settings import LOG_SAMPLE, POLL_S, PRECISION, PROJECT_MB, SPLIT_KEY, WORKERS, Backend
 
 if TYPE_CHECKING:
     from widedeep.loop.logs import Rolling, ServerLogs
@@ -200,8 +202,9 @@ def create_app(live: LiveScorer | Arms, limits: Limits = Limits(), logs: ServerL
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        """Liveness: the server is up and has a model (with A/B arms: the first arm's, and each arm's)."""
-        out: dict[str, Any] = {"status": "ok", "model_version": arms.first.live.scorer.version}
+        """Liveness: the server is up and has a model (with A/B arms: the first arm's, and each arm's); `pid` names the
+        process that answered (one of the workers, with --workers)."""
+        out: dict[str, Any] = {"status": "ok", "model_version": arms.first.live.scorer.version, "pid": os.getpid()}
         if len(arms) > 1:
             out["arms"] = {a.name: a.live.scorer.version for a in arms}
         return out
@@ -298,10 +301,13 @@ def serve(
     poll_s: float = POLL_S,
     intra_op: int = 1,
     project_mb: int = PROJECT_MB,
+    batching: Batching = Batching(),
+    workers: int = WORKERS,
     precision: str = PRECISION,
     log_level: str = "info",
-) -> None:
-    """Run the ranking server until interrupted (loads the models first, so a bad model fails before binding).
+) -> int:
+    """Run the ranking server until interrupted (loads the models first, so a bad model fails before binding); returns
+    the exit status.
 
     Serves `source` (a model directory or a registry) or the A/B `arms` (``NAME=PATH:WEIGHT,...``, split by `split_key`);
     with `log_dir`, logs impressions (a `log_sample` share of the requests) and accepts events, rolled by `rolling`.
@@ -309,38 +315,61 @@ def serve(
     Defaults chosen for 2 cores: the `hybrid` backend (the MLP in onnxruntime, context half split out) where onnxruntime
     is installed, one 200-candidate pass on its 2 threads; else torch with 100-candidate sub-batches on 2 threads. Torch
     itself gets 1 thread per forward pass (2 intra-op threads spin and slow down 5-10x when the cores are shared).
-    uvicorn picks uvloop (the serve extra); the HTTP parser is httptools (GuardedProtocol).
+    uvicorn picks uvloop (the serve extra); the HTTP parser is httptools (GuardedProtocol). Concurrent requests share
+    passes of the network as `batching` says (widedeep.serve.batcher); `workers` > 1 forks that many server processes
+    after loading the models (widedeep.serve.workers).
     """
     if (source is None) == (arms is None):
         raise ValueError("serve either one MODEL_OR_REGISTRY or --arms NAME=PATH:WEIGHT,... (not both)")
     import uvicorn
 
-    from widedeep.serve.scorer import configure_torch_threads, default_backend, default_split
+    from widedeep.artifact import Model
+    from widedeep.serve.scorer import configure_torch_threads, default_backend, default_split, resolve_model_dir
+    from widedeep.serve.workers import Preloaded, run_workers
 
     backend = backend or default_backend()
     split = default_split(backend)
     sub_batch, threads = sub_batch or split[0], threads or split[1]
     configure_torch_threads(intra_op)
 
-    def load(path: Path) -> Scorer:
-        return Scorer.load(path, backend=backend, sub_batch=sub_batch, threads=threads, project_bytes=project_mb << 20, precision=precision)
+    def build(model: Model, chosen: str) -> Scorer:
+        return Scorer.from_model(model, backend=backend, sub_batch=sub_batch, threads=threads, project_bytes=project_mb << 20,
+                                 precision=chosen)  # fmt: skip
 
-    if arms is None:
-        served = Arms.single(LiveScorer(source, load, poll_s=poll_s))
-    else:
-        served = Arms.load(parse_arms(arms), load, poll_s, split_key)
-    logs = None
-    if log_dir is not None:
-        from widedeep.loop.logs import Rolling, ServerLogs
+    def make_app(load: Callable[[Path], Scorer], announce: bool = True) -> FastAPI:
+        if arms is None:
+            served = Arms.single(LiveScorer(source, load, poll_s=poll_s))
+        else:
+            served = Arms.load(parse_arms(arms), load, poll_s, split_key)
+        logs = None
+        if log_dir is not None:
+            from widedeep.loop.logs import Rolling, ServerLogs
 
-        logs = ServerLogs(log_dir, log_sample, rolling or Rolling())
-    app = create_app(served, limits, logs)
-    for a in served:
-        log.info("arm %s: serving %s (model %s, backend %s, %s)", a.name, a.live.source, a.live.scorer.version, backend,
-                 a.live.scorer.precision_report.summary())
-    log.info("listening on http://%s:%d%s", host, port, f"; logging to {log_dir}" if log_dir is not None else "")
-    # Everything loaded so far (torch, the model, the app) lives for the whole run: move it out of the garbage collector's
-    # reach, so that a full collection triggered by a request's allocations does not walk it (a p99 latency spike).
-    gc.collect()
-    gc.freeze()
-    uvicorn.Server(uvicorn_config(app, limits, host=host, port=port, log_level=log_level)).run()
+            logs = ServerLogs(log_dir, log_sample, rolling or Rolling())
+        for a in served if announce else ():
+            log.info("arm %s: serving %s (model %s, backend %s, %s)", a.name, a.live.source, a.live.scorer.version, backend,
+                     a.live.scorer.precision_report.summary())
+        return create_app(served, limits, logs)
+
+    where = f"http://{host}:{port}" + (f"; logging to {log_dir}" if log_dir is not None else "")
+    options = {"host": host, "port": port, "log_level": log_level}
+    if workers == 1:
+        app = make_app(lambda path: batched(build(Model.load(resolve_model_dir(path)), precision), batching))
+        log.info("listening on %s", where)
+        # Everything loaded so far (torch, the model, the app) lives for the whole run: move it out of the garbage
+        # collector's reach, so that a full collection triggered by a request's allocations does not walk it (a p99 spike).
+        gc.collect()
+        gc.freeze()
+        uvicorn.Server(uvicorn_config(app, limits, **options)).run()
+        return 0
+    preloaded = Preloaded(build, precision)
+    for a in make_app(preloaded.parent_load).state.arms:  # every model loaded and its precision settled, before the fork
+        a.live.scorer.close()  # (the app and its networks go with the next collection: no thread pool is forked)
+    sock = uvicorn_config(None, limits, **options).bind_socket()
+    log.info("listening on %s with %d workers", where, workers)
+
+    def serve_one() -> None:
+        app = make_app(lambda path: batched(preloaded.worker_load(path), batching), announce=False)
+        uvicorn.Server(uvicorn_config(app, limits, **options)).run(sockets=[sock])
+
+    return run_workers(workers, sock, serve_one)

@@ -9,6 +9,7 @@ half W_u u + b is computed once per request and broadcast over the candidates. I
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -52,6 +53,18 @@ class Projection:
             self.slots[name] = (slot.index, at, a, b)
             at += card
         self.table = torch.cat(blocks) if blocks else torch.zeros(0, w.shape[0])
+
+    @classmethod
+    def shared(cls, deep: Deep, budget_bytes: int) -> Projection:
+        """`deep`'s Projection within `budget_bytes`, built once per loaded module: the networks over one module (other
+        precisions, the server's forked workers) share its table."""
+        per_module = _PROJECTIONS.setdefault(deep, {})
+        if budget_bytes not in per_module:
+            per_module[budget_bytes] = cls(deep, deep.mlp.layers[0], budget_bytes)
+        return per_module[budget_bytes]
+
+
+_PROJECTIONS: weakref.WeakKeyDictionary[Deep, dict[int, Projection]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -190,7 +203,7 @@ class TorchNetwork:
         self._full: ContextHalf | None = None  # the split layer with no context columns: plain scoring
         if self.deep is not None and _splittable(self.deep.mlp.layers):
             with torch.inference_mode():
-                self._projection = Projection(self.deep, self.deep.mlp.layers[0], project_bytes) if project_bytes > 0 else None
+                self._projection = Projection.shared(self.deep, project_bytes) if project_bytes > 0 else None
             self._configure(precision)
         elif precision != "fp32":
             self._configure(precision)  # raises: nothing to lower
