@@ -179,6 +179,9 @@ def test_http_columns_answer_as_objects(client: httpx.Client) -> None:
     assert got.status_code == 200 and got.json()["scores"] == want.json()["scores"]
 
 
+USER = {"country": "us", "user_id": 1, "age": 3}  # a context without installed_apps: the candidates carry it
+
+
 def _body(columns: dict, context: dict = CONTEXT) -> str:
     return json.dumps({"context": context, "candidates": columns, "k": 3}, allow_nan=True)
 
@@ -202,11 +205,10 @@ def _cols(n: int = 20, **changes) -> dict:
         (_body(_cols(price=(6, {"a": 1}))), "candidates.price[6]"),
         (_body(_cols(impression_app=(5, "x" * 1001))), "candidates.impression_app[5]"),  # past max_string_bytes
         (_body(_cols(impression_app=(8, "é" * 501))), "candidates.impression_app[8]"),  # 1002 UTF-8 bytes
-        (_body({**_cols(), "impression_app": [None, 7] + ["a"] * 10 + ["é" * 501] + ["b"] * 7}), "candidates.impression_app[12]"),
-        (_body({**_cols(), "installed_apps": [["a"]] * 2 + [["b", "y" * 1001]] + [[]] * 17}, {"country": "us", "user_id": 1,
-                                                                                          "age": 3}), "candidates.installed_apps[2][1]"),  # fmt: skip
-        (_body({**_cols(), "installed_apps": [["a"], ["b", True]] + [[]] * 18}, {"country": "us", "user_id": 1, "age": 3}),
-         "candidates.installed_apps[1][1]"),  # fmt: skip
+        (_body({**_cols(), "impression_app": [None, 7, *["a"] * 10, "é" * 501, *["b"] * 7]}), "candidates.impression_app[12]"),
+        (_body({**_cols(), "installed_apps": [["a"], [], ["b", "y" * 1001], *[[]] * 17]}, USER),
+         "candidates.installed_apps[2][1]"),  # fmt: skip
+        (_body({**_cols(), "installed_apps": [["a"], ["b", True], *[[]] * 18]}, USER), "candidates.installed_apps[1][1]"),
         (_body({**_cols(), "price": [1.0] * 19}), "candidates.price"),  # another length than the first column
         (_body({**_cols(), "price": 2.5}), "candidates.price"),  # not a list
         (_body({"impression_app": ["a", "b"]}), "candidates.price"),  # a missing feature column

@@ -162,7 +162,8 @@ def check_columns(rows: Mapping[str, Any], where: str, columns: Sequence[str], l
         if n is None:
             n, first = len(values), name
         elif len(values) != n:
-            raise RequestError(f"{where}.{name}", f"{len(values)} values where {where}.{first} has {n}: every field needs one per row")
+            what = f"{len(values)} values where {where}.{first} has {n}: every field needs one value per row"
+            raise RequestError(f"{where}.{name}", what)
     if n is not None and n > limits.max_candidates:
         raise RequestError(where, f"{n} {where} exceed the limit of {limits.max_candidates}")
     for name in columns:
