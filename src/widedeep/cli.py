@@ -217,6 +217,18 @@ def _ab_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from widedeep.loop.abreport import REPORT_MD, markdown_table
+    from widedeep.loop.simulate import Simulation, parse_arms, paper_lifts, simulate
+
+    given = {k: getattr(args, k) for k in ("days", "users", "seed", "offline_rows") if getattr(args, k) is not None}
+    sim = Simulation(**given, **({"arms": parse_arms(args.arms)} if args.arms is not None else {}))  # else the library's
+    report = simulate(sim, args.out)
+    print(markdown_table(report.arms, paper_lifts()))
+    print(f"wrote {args.out / 'report' / REPORT_MD}")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import logging
 
@@ -499,6 +511,16 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     s.add_argument("--out", type=Path, required=True, help="folder to write (replaced atomically)")
     s.set_defaults(func=_ab_report)
+
+    s = sub.add_parser("simulate", help="the online A/B experiment on the app-store simulator: one server with an arm per "
+                       "model type, simulated users, and nightly join, retrain, validate and promote per arm")  # fmt: skip
+    s.add_argument("--days", type=int, default=None, help="simulated days after day 0's offline training (default: 3)")
+    s.add_argument("--users", type=int, default=None, help="requests per day (default: 2000)")
+    s.add_argument("--arms", default=None, help="model types, one arm each; wide is the control (default: wide,deep,wide_deep)")
+    s.add_argument("--seed", type=int, default=None, help="the simulated world and its users (default: 0)")
+    s.add_argument("--offline-rows", type=int, default=None, help="day 0's offline training log (default: 200000)")
+    s.add_argument("--out", type=Path, required=True, help="a new or empty folder; the report goes to OUT/report")
+    s.set_defaults(func=_simulate)
     return p
 
 

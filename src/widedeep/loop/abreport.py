@@ -251,8 +251,8 @@ def markdown_table(rows: Sequence[ArmResult], reference: Mapping[str, float] | N
 
 
 def markdown(report: ABReport, title: str = "A/B report", reference: Mapping[str, float] | None = None,
-             note: str = "", plot: str | None = None) -> str:  # fmt: skip
-    """The report as Markdown: the pooled table, one table per day, the figure."""
+             note: str = "", plot: str | None = None, appendix: str = "") -> str:  # fmt: skip
+    """The report as Markdown: `note`, the pooled table, one table per day, the figure, `appendix`."""
     parts = [f"# {title}", ""]
     if note:
         parts += [note, ""]
@@ -263,12 +263,15 @@ def markdown(report: ABReport, title: str = "A/B report", reference: Mapping[str
         parts += [f"## {day}", "", markdown_table(rows, reference), ""]
     if plot:
         parts += [f"![daily rates and lifts]({plot})", ""]
+    if appendix:
+        parts += [appendix.rstrip(), ""]
     return "\n".join(parts)
 
 
 def write_report(report: ABReport, out: Path | str, *, title: str = "A/B report",
-                 reference: Mapping[str, float] | None = None, note: str = "") -> list[str]:  # fmt: skip
-    """Publish `out`/ab_report.md, ab_report.json and (with matplotlib) ab_report.png as one folder; returns the names."""
+                 reference: Mapping[str, float] | None = None, note: str = "", appendix: str = "") -> list[str]:  # fmt: skip
+    """Publish `out`/ab_report.md, ab_report.json and (with matplotlib) ab_report.png as one folder; returns the names.
+    `reference` adds expected lifts by arm (a column, dashed lines); `note` and `appendix` go above and below the tables."""
     from widedeep.report.plots import plots_available
 
     with publish_dir(Path(out)) as tmp:
@@ -276,7 +279,8 @@ def write_report(report: ABReport, out: Path | str, *, title: str = "A/B report"
         if plots_available() and report.days:
             daily_plot(report, tmp / REPORT_PNG, reference)
             names.append(REPORT_PNG)
-        (tmp / REPORT_MD).write_text(markdown(report, title, reference, note, REPORT_PNG if names else None), encoding="utf-8")
+        text = markdown(report, title, reference, note, REPORT_PNG if names else None, appendix)
+        (tmp / REPORT_MD).write_text(text, encoding="utf-8")
         doc = {**report.to_dict(), **({"reference_lift": dict(reference)} if reference else {})}
         (tmp / REPORT_JSON).write_text(json.dumps(json_safe(doc), indent=2) + "\n", encoding="utf-8")
         return [REPORT_MD, REPORT_JSON, *names]
