@@ -95,6 +95,9 @@ def _bad(**changes):
         (_bad(candidates=[GOOD, {"impression_app": "é" * 501, "price": 1}]), 422, "candidates[1].impression_app"),
         (_bad(context={**CONTEXT, "installed_apps": ["app1", "y" * 1001]}), 422, "context.installed_apps[1]"),
         (_bad(context={**CONTEXT, "user_id": "7" * 1001}), 422, "context.user_id"),
+        # ... in a body of many values, also when escaped quotes split the string
+        (_bad(candidates=[GOOD] * 40 + [{"impression_app": "z" * 1001, "price": 1}]), 422, "candidates[40].impression_app"),
+        (_bad(candidates=[GOOD] * 40 + [{"impression_app": 'say "hi" ' * 120, "price": 1}]), 422, "candidates[40].impression_app"),
     ],
 )
 def test_bad_input_gets_a_4xx_naming_the_field(server, body: str, status: int, field: str):

@@ -232,7 +232,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import logging
 
-    from widedeep.serve.http import serve
+    from widedeep.serve.server import serve
     from widedeep.serve.limits import Limits
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
