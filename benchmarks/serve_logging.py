@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from _machine import print_machine
 from serve import CONTEXT, paper_model
 
-from widedeep.loop.logs import DRAIN_S, Rolling, ServerLogs
+from widedeep.serve.logs import DRAIN_S, Rolling, ServerLogs
 from widedeep.serve.bench import Latency, synthetic_request
 from widedeep.serve.http import BackgroundServer, create_app
 from widedeep.serve.live import LiveScorer

@@ -15,7 +15,7 @@ import pytest
 
 from widedeep.cli import main
 from widedeep.loop.abreport import ab_report, arm_results, choose_control, lift, rate_interval
-from widedeep.loop.schema import EVENT_SCHEMA, impression_schema
+from widedeep.serve.log_schema import EVENT_SCHEMA, impression_schema
 
 T0 = datetime(2024, 5, 1, 8, tzinfo=timezone.utc)
 Z = 1.959963984540054  # the 97.5% normal quantile

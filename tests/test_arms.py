@@ -15,8 +15,8 @@ import torch
 from widedeep.artifact import Model, save_model
 from widedeep.cli import main
 from widedeep.features.hashing import hash_string, hash_strings
-from widedeep.loop.arms import Arm, Arms, ArmSpec, parse_arms
-from widedeep.loop.logs import Rolling, ServerLogs
+from widedeep.serve.arms import Arm, Arms, ArmSpec, parse_arms
+from widedeep.serve.logs import Rolling, ServerLogs
 from widedeep.serve.http import BackgroundServer, create_app
 from widedeep.serve.live import LiveScorer
 from widedeep.serve.registry import Registry

@@ -19,7 +19,7 @@ from widedeep.config import load
 from widedeep.features.columnar import Rows
 from widedeep.features.columns import FeatureError
 from widedeep.features.transform import FeatureSet
-from widedeep.loop.logs import Rolling, ServerLogs
+from widedeep.serve.logs import Rolling, ServerLogs
 from widedeep.serve.errors import RequestError
 from widedeep.serve.http import BackgroundServer, create_app
 from widedeep.serve.limits import Limits

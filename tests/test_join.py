@@ -16,7 +16,7 @@ from conftest import TINY_CONFIG, make_log
 from widedeep.cli import main
 from widedeep.config import load
 from widedeep.loop.join import join, parse_window
-from widedeep.loop.schema import EVENT_SCHEMA, impression_schema, labelled_schema
+from widedeep.serve.log_schema import EVENT_SCHEMA, impression_schema, labelled_schema
 
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
 H = timedelta(hours=1)

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from widedeep.loop.logs import Rolling, RollingLog, ServerLogs, event_batches
-from widedeep.loop.schema import EVENT_SCHEMA, impression_schema
+from widedeep.serve.logs import Rolling, RollingLog, ServerLogs, event_batches
+from widedeep.serve.log_schema import EVENT_SCHEMA, impression_schema
 from widedeep.serve.bench import ServerProcess
 from widedeep.serve.http import BackgroundServer, create_app
 from widedeep.serve.limits import Limits

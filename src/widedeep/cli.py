@@ -245,7 +245,7 @@ def _serve(args: argparse.Namespace) -> int:
         keep_alive_timeout=args.keep_alive_timeout,
         max_connections=args.max_connections,
     )
-    from widedeep.loop.logs import Rolling
+    from widedeep.serve.logs import Rolling
 
     rolling = Rolling(seconds=args.log_roll_seconds, rows=args.log_roll_rows, mb=args.log_roll_mb, queue=args.log_queue)
     from widedeep.serve.batcher import Batching

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from widedeep.atomic import publish_file, remove_stale, temp_path
 from widedeep.config import Config
 from widedeep.features import io
-from widedeep.loop.schema import EVENT_SCHEMA, labelled_schema
+from widedeep.serve.log_schema import EVENT_SCHEMA, labelled_schema
 
 ENGINES = ("duckdb", "spark")
 

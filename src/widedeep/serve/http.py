@@ -19,7 +19,7 @@ which makes it the faster form for large requests. Errors name the value as ``ca
 (``candidates.app_price``: not a list, or of another length than the first column).
 
 Impression logging, ``widedeep serve MODEL --log-dir DIR [--log-sample 1.0]``: each returned item of a /v1/recommend
-answer is one row of DIR/impressions/part-<UTC time>-<seq>.parquet (`widedeep.loop.schema.impression_schema`: request id,
+answer is one row of DIR/impressions/part-<UTC time>-<seq>.parquet (`widedeep.serve.log_schema.impression_schema`: request id,
 time, model version, arm, position, candidate index, score, and the context's and candidate's features as received).
 --log-sample keeps that share of the requests (whole requests, by a hash of the request id). The request only enqueues;
 a background thread writes part files when the oldest row is --log-roll-seconds old (60) or a file reaches
@@ -67,7 +67,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from widedeep.features.columnar import Rows
-from widedeep.loop.arms import Arms
+from widedeep.serve.arms import Arms
 from widedeep.metrics import json_safe
 from widedeep.serve.errors import RequestError
 from widedeep.serve.limits import Limits
@@ -88,7 +88,7 @@ from widedeep.serve.request import check_rows, check_values, parse_events, parse
 from widedeep.serve.server import BackgroundServer  # noqa: F401 -- tests import it from here
 
 if TYPE_CHECKING:
-    from widedeep.loop.logs import ServerLogs
+    from widedeep.serve.logs import ServerLogs
 
 log = logging.getLogger("widedeep.serve")
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
 
-    from widedeep.loop.logs import Rolling
+    from widedeep.serve.logs import Rolling
     from widedeep.serve.scorer import Scorer
 
 log = logging.getLogger("widedeep.serve")
@@ -146,7 +146,7 @@ def serve(
     import uvicorn
 
     from widedeep.artifact import Model
-    from widedeep.loop.arms import Arms, parse_arms
+    from widedeep.serve.arms import Arms, parse_arms
     from widedeep.serve.batcher import batched
     from widedeep.serve.http import create_app
     from widedeep.serve.live import LiveScorer
@@ -169,7 +169,7 @@ def serve(
             served = Arms.load(parse_arms(arms), load, poll_s, split_key)
         logs = None
         if log_dir is not None:
-            from widedeep.loop.logs import Rolling, ServerLogs
+            from widedeep.serve.logs import Rolling, ServerLogs
 
             logs = ServerLogs(log_dir, log_sample, rolling or Rolling())
         for a in served if announce else ():

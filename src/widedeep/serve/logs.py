@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from widedeep.atomic import publish_file, remove_stale
 from widedeep.config import FeatureSpec
 from widedeep.features.hashing import hash_string
-from widedeep.loop.schema import EVENT_SCHEMA, IMPRESSION_FIELDS, TIME, impression_schema
+from widedeep.serve.log_schema import EVENT_SCHEMA, IMPRESSION_FIELDS, TIME, impression_schema
 from widedeep.serve.settings import LOG_QUEUE, LOG_ROLL_MB, LOG_ROLL_ROWS, LOG_ROLL_S, LOG_SAMPLE
 
 log = logging.getLogger("widedeep.serve")
