@@ -50,15 +50,15 @@ from widedeep.config import Config, load
 from widedeep.loop.abreport import ABReport, arm_results, write_report
 from widedeep.loop.traffic import CANDIDATES, K, ServerProcess, catalogue, contexts, installs, retrieve
 from widedeep.loop.traffic import arrivals as arriving_users
+from widedeep.train.compare import MODEL_TYPES, PAPER
 
 if TYPE_CHECKING:
     from widedeep.loop.retrain import RetrainResult
 
-MODEL_TYPES = ("wide", "deep", "wide_deep")  # widedeep.train.compare's, without importing the training code
 CONTROL = "wide"
 Say = Callable[[str], None]
-START = dt.date(2026, 1, 1)
-OFFLINE_DAYS = 10  # the offline log is this many days of traffic, in one file each; the last is day 0 of the history  # day 0's date: the simulated days are START + d
+START = dt.date(2026, 1, 1)  # day 0's date: the simulated days are START + d
+OFFLINE_DAYS = 10  # the offline log is this many days of traffic, in one file each; the last is day 0 of the history
 WINDOW = "24h"
 POSITIVE = "install"
 
@@ -159,7 +159,7 @@ def simulate(sim: Simulation, out: Path | str, progress: bool = True) -> ABRepor
 
 def arm_config(run: Run, arm: str) -> Config:
     """`widedeep demo`'s config with model type `arm`, trained on the offline log (prepared once for every arm), its runs
-    and retraining history under arms/<arm>/; the retrain window spans every day, day 0's offline log included."""
+    and retraining history under arms/<arm>/; the retrain window spans every simulated day and day 0 before them."""
     from widedeep.demo import dumps_toml, shipped_config
 
     folder = run.out / "arms" / arm
@@ -268,7 +268,8 @@ def _night(run: Run, server: ServerProcess, d: int, traffic: DayTraffic, files: 
     label = cfg.data.label
     run.counts[day], run.expected[day] = {}, {}
     for arm in sim.arms:
-        mine = table.filter(pc.equal(table.column("arm"), arm))
+        # in request order, not arrival order: the clients' concurrency must not change what the model trains on
+        mine = table.filter(pc.equal(table.column("arm"), arm)).sort_by([("request_id", "ascending"), ("position", "ascending")])
         n, x = mine.num_rows, int(pc.sum(mine.column(label)).as_py() or 0)
         posted = int(traffic.installed[traffic.arm == arm].sum())
         if x != posted or n != int(traffic.shown[traffic.arm == arm].sum()):
@@ -303,8 +304,6 @@ def _night_record(day: str, arm: str, result: RetrainResult) -> dict[str, Any]:
 
 def paper_lifts() -> dict[str, float]:
     """The paper's online acquisition gains over the wide-only control (its Table 1), as fractions."""
-    from widedeep.train.compare import PAPER
-
     return {kind: float(row["online_gain"].rstrip("%")) / 100 for kind, row in PAPER.items() if kind != "wide"}
 
 

@@ -2,7 +2,7 @@
 
 A day's traffic: users arrive by the app-store world's activity weights; a retrieval step picks each request's candidates
 (popularity plus exploration); the server ranks them and returns the top k; each user looks at position r with
-probability ``ATTENTION(r) = 1 / log2(r + 2)`` (the DCG discount: 1, 0.63, 0.5, ... ) and installs an app looked at with
+probability ``attention(r) = 1 / log2(r + 2)`` (the DCG discount: 1, 0.63, 0.5, ... ) and installs an app looked at with
 its ground-truth probability (`widedeep.datasets.app_store.install_probability`); installs go back as events.
 Every draw comes from a stream seeded by (seed, day, purpose), so a day's users, candidates and installs do not depend
 on the order in which the server's answers arrive.
