@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from widedeep.config import ModelConfig, OptimizerConfig, TrainConfig
 from widedeep.model import WideDeep
 from widedeep.optim import FTRL, LazyAdam, build_optimizers, check_groups, make_optimizer, step, zero_grad
-from widedeep.optim.groups import DEFAULTS, sparse_parameters
+from widedeep.optim.groups import DEFAULTS, resolve_hyper_parameters, sparse_parameters
 from widedeep.optim.sparse_grad import coalesce
 
 from test_model import DEEP, WIDE, Layout, make_batch
@@ -153,3 +153,38 @@ def test_fast_coalesce_equals_torch_coalesce(nnz: int) -> None:
     assert ours.is_coalesced()
     assert torch.equal(ours.indices(), ref.indices())
     torch.testing.assert_close(ours.values(), ref.values())
+
+
+@pytest.mark.parametrize("batch_size", [64, 256, 1000, 1024, 4096])
+def test_default_ftrl_beta_is_one_over_the_batch_size(batch_size: int) -> None:
+    # The defaults: FTRL alpha 0.1 at any batch size, beta 1/B (the per-example algorithm's beta 1 for a batch-mean
+    # loss), l1 = l2 = 0; the other optimizers' defaults do not depend on the batch size.
+    hp = resolve_hyper_parameters(OptimizerConfig("ftrl"), batch_size)
+    assert hp == pytest.approx({"alpha": 0.1, "beta": 1.0 / batch_size, "l1": 0.0, "l2": 0.0}, rel=1e-12)
+    assert resolve_hyper_parameters(OptimizerConfig("adagrad"), batch_size) == DEFAULTS["adagrad"]
+    assert resolve_hyper_parameters(OptimizerConfig("adagrad"), batch_size)["lr"] == 0.05
+    # build_optimizers resolves them with the config's batch size
+    opts = build_optimizers(model(), TrainConfig(batch_size=batch_size))
+    g = opts["wide"].param_groups[0]
+    assert (g["alpha"], g["beta"]) == pytest.approx((0.1, 1.0 / batch_size), rel=1e-12)
+
+
+def test_explicit_hyper_parameters_win_over_the_batch_rule() -> None:
+    given = OptimizerConfig("ftrl", (("alpha", 0.03), ("beta", 0.5), ("l2", 2.0)))
+    for batch_size in (32, 256, 8192):
+        hp = resolve_hyper_parameters(given, batch_size)
+        assert (hp["alpha"], hp["beta"], hp["l2"]) == (0.03, 0.5, 2.0)  # as written, never rescaled
+        assert hp["l1"] == 0.0
+    opts = build_optimizers(model(), TrainConfig(batch_size=64, wide_optimizer=given))
+    g = opts["wide"].param_groups[0]
+    assert (g["alpha"], g["beta"], g["l1"], g["l2"]) == (0.03, 0.5, 0.0, 2.0)
+    # only the keys left out follow the rule
+    only_alpha = resolve_hyper_parameters(OptimizerConfig("ftrl", (("alpha", 0.3),)), 256)
+    assert only_alpha["alpha"] == 0.3 and only_alpha["beta"] == pytest.approx(1 / 256)
+
+
+def test_resolving_rejects_a_bad_batch_size_and_unknown_keys() -> None:
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        resolve_hyper_parameters(OptimizerConfig("ftrl"), 0)
+    with pytest.raises(ValueError, match="optimizer 'ftrl' has no hyper-parameter 'lr'"):
+        resolve_hyper_parameters(OptimizerConfig("ftrl", (("lr", 0.1),)), 256)

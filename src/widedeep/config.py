@@ -171,13 +171,17 @@ F, M, T = FeatureSpec, ModelConfig, TrainConfig
 # config override them. The per-coordinate gradient of an id seen once in a batch of B rows is ~(p - y)/B, so FTRL's n, z
 # and the terms compared with them shrink by 1/B against the per-example algorithm: beta must sit near 1/B (it damps the
 # first steps of every coordinate), l1 near l1_per_example/B. alpha needs no rescaling (sqrt(n) scales with the
-# gradient), but a batch takes one step where the per-example algorithm takes B, so it sits above the per-example 0.05-0.1.
+# gradient). The values below hold at the default batch size; the keys of BATCH_SCALED_DEFAULTS scale as 1/batch_size
+# from there (widedeep.optim.groups.resolve_hyper_parameters), so FTRL's beta is 1/B: the per-example algorithm's beta 1.
+# Chosen over eight data sets and three batch sizes by benchmarks/defaults.py (docs/defaults.md): alpha 0.1 and beta 1/B
+# let wide & deep beat both of its halves on each; the former alpha 0.2, beta 1e-3 let the wide part win alone on some.
 OPTIMIZER_DEFAULTS: dict[str, dict[str, float]] = {
-    "ftrl": {"alpha": 0.2, "beta": 1e-3, "l1": 0.0, "l2": 0.0},
+    "ftrl": {"alpha": 0.1, "beta": 1.0 / TrainConfig.batch_size, "l1": 0.0, "l2": 0.0},
     "adagrad": {"lr": 0.05, "eps": 1e-10, "initial_accumulator_value": 0.0, "weight_decay": 0.0},
     "adam": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
     "sgd": {"lr": 0.05, "momentum": 0.0, "weight_decay": 0.0},
 }
+BATCH_SCALED_DEFAULTS: dict[str, tuple[str, ...]] = {"ftrl": ("beta", "l1", "l2")}  # default * default batch / batch size
 _MAY_BE_ZERO = {"l1", "l2", "momentum", "initial_accumulator_value", "weight_decay"}
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from widedeep.config import BATCH_SCALED_DEFAULTS
 from widedeep.config import OPTIMIZER_DEFAULTS as DEFAULTS
 from widedeep.config import OptimizerConfig, TrainConfig
 from widedeep.model.tables import OffsetTable
@@ -36,15 +37,29 @@ def check_groups(model: nn.Module, groups: Mapping[str, NamedParams]) -> None:
                 raise ValueError(f"parameter {name!r} of group {part!r} is not a parameter of the model")
 
 
-def make_optimizer(cfg: OptimizerConfig, named: NamedParams, sparse: set[int] = frozenset()) -> torch.optim.Optimizer:
-    """An optimizer for one part; `sparse` holds ids of parameters that receive sparse gradients (embedding tables)."""
+def resolve_hyper_parameters(cfg: OptimizerConfig, batch_size: int) -> dict[str, float]:
+    """Every hyper-parameter of `cfg`'s optimizer for this batch size: the config's values as given, the defaults for the
+    others, those of BATCH_SCALED_DEFAULTS scaled as 1/batch_size from the default batch size (FTRL's beta = 1/B)."""
     if cfg.name not in DEFAULTS:
         raise ValueError(f"unknown optimizer {cfg.name!r} (expected one of {sorted(DEFAULTS)})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     given = cfg.kwargs()
     unknown = sorted(set(given) - set(DEFAULTS[cfg.name]))
     if unknown:
         raise ValueError(f"optimizer {cfg.name!r} has no hyper-parameter {unknown[0]!r} (expected {sorted(DEFAULTS[cfg.name])})")
-    hp: dict[str, Any] = {**DEFAULTS[cfg.name], **given}
+    scale = TrainConfig.batch_size / batch_size
+    scaled = BATCH_SCALED_DEFAULTS.get(cfg.name, ())
+    defaults = {k: v * scale if k in scaled else v for k, v in DEFAULTS[cfg.name].items()}
+    return {**defaults, **given}
+
+
+def make_optimizer(
+    cfg: OptimizerConfig, named: NamedParams, sparse: set[int] = frozenset(), batch_size: int = TrainConfig.batch_size
+) -> torch.optim.Optimizer:
+    """An optimizer for one part, with the hyper-parameters `resolve_hyper_parameters` gives for `batch_size`; `sparse`
+    holds ids of parameters that receive sparse gradients (embedding tables)."""
+    hp: dict[str, Any] = resolve_hyper_parameters(cfg, batch_size)
     params = [p for _, p in named]
     if not params:
         raise ValueError(f"optimizer {cfg.name!r} got no parameters")
@@ -77,7 +92,7 @@ def build_optimizers(model: nn.Module, train_cfg: TrainConfig) -> dict[str, torc
     extra = sorted(set(groups) - set(cfgs))
     if extra:
         raise ValueError(f"parameter group {extra[0]!r} has no optimizer (expected 'wide' or 'deep')")
-    return {part: make_optimizer(cfgs[part], named, sparse) for part, named in groups.items() if named}
+    return {part: make_optimizer(cfgs[part], named, sparse, train_cfg.batch_size) for part, named in groups.items() if named}
 
 
 def zero_grad(opts: Mapping[str, torch.optim.Optimizer]) -> None:
