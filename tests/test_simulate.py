@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from widedeep.datasets.app_store import N_APPS, install_probability, world
-from widedeep.loop.arms import Arm, Arms
 from widedeep.loop.simulate import Simulation, paper_lifts, simulate
 from widedeep.loop.traffic import arrivals, attention, installs, retrieve
+from widedeep.serve.arms import Arm, Arms
 
 
 def test_retrieval_mixes_popular_and_explored_apps():
