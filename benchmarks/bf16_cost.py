@@ -140,7 +140,7 @@ def main() -> None:
     out = (args.out or ROOT / "runs" / f"bf16_cost{suffix}").resolve()
 
     from widedeep.cpu import cpu_has_native_bf16
-    from widedeep.train.loop import BF16_ENV
+    from widedeep.train.trainer import BF16_ENV
 
     if os.environ.pop(BF16_ENV, None) is not None:  # it would override the config and force one path for both runs
         print(f"bf16_cost: {BF16_ENV} is set in the environment; ignored here", file=sys.stderr)

@@ -212,7 +212,7 @@ def optimize(
     study: optuna.Study, cfg: Config, folder: Path, trials: int, timeout: float | None, device: str, bar: Progress
 ) -> None:
     """Run `trials` trials in this process (fewer if `timeout` seconds pass first); a diverged trial fails alone."""
-    from widedeep.train.loop import TrainingDiverged
+    from widedeep.train.trainer import TrainingDiverged
 
     params = space.search_space(cfg)
     study.optimize(
