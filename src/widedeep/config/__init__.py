@@ -5,18 +5,16 @@ Every error names the file and the key (``[features.age] quantiles``) so a user 
 
 from __future__ import annotations
 
-import difflib
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from widedeep.config.reader import ConfigError, _Reader
+from widedeep.config.tune import MAY_BE_ZERO, TuneConfig, TuneParam, read_tune  # noqa: F401 (TuneParam is re-exported)
+
 FeatureType = Literal["categorical", "hashed", "continuous"]
 ModelType = Literal["wide", "deep", "wide_deep"]
-
-
-class ConfigError(ValueError):
-    """A config file is malformed; the message names the file and the key."""
 
 
 @dataclass(frozen=True)
@@ -105,22 +103,6 @@ class RetrainConfig:
 
 
 @dataclass(frozen=True)
-class TuneParam:
-    """One setting that `widedeep tune` searches: a range low..high (log-uniform when `log`) or a list of choices."""
-
-    name: str  # "embedding_dim", "hidden", "dropout", "batch_size", "wide_optimizer.<key>" or "deep_optimizer.<key>"
-    low: float | int = 0  # an int range when both bounds are ints
-    high: float | int = 0
-    log: bool = False
-    choices: tuple[Any, ...] = ()  # hidden: tuples of layer widths
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    params: tuple[TuneParam, ...]  # the search space of the optional [tune] table (without one: widedeep.tune.space)
-
-
-@dataclass(frozen=True)
 class Config:
     data: DataConfig
     features: tuple[FeatureSpec, ...]
@@ -182,7 +164,6 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, float]] = {
     "sgd": {"lr": 0.05, "momentum": 0.0, "weight_decay": 0.0},
 }
 BATCH_SCALED_DEFAULTS: dict[str, tuple[str, ...]] = {"ftrl": ("beta", "l1", "l2")}  # default * default batch / batch size
-_MAY_BE_ZERO = {"l1", "l2", "momentum", "initial_accumulator_value", "weight_decay"}
 
 
 _FEATURE_KEYS = {
@@ -192,60 +173,6 @@ _FEATURE_KEYS = {
 }
 
 
-class _Reader:
-    """Pulls typed values out of one TOML table and rejects keys nobody asked for."""
-
-    def __init__(self, table: Any, where: str, file: Path):
-        self.where, self.file = where, file
-        if not isinstance(table, dict):
-            self.fail(f"must be a table, got {type(table).__name__}")
-        self.table, self.used = table, set()
-
-    def fail(self, msg: str, key: str | None = None) -> None:
-        at = f"{self.where} {key}" if key else self.where
-        raise ConfigError(f"{self.file}: {at}: {msg}")
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., choices: tuple = ()) -> Any:
-        self.used.add(key)
-        if key not in self.table:
-            if default is ...:
-                near = difflib.get_close_matches(key, [str(k) for k in self.table], n=1)
-                self.fail("is required" + (f" (there is an unknown key {near[0]!r}: a misspelling?)" if near else ""), key)
-            return default
-        value = self.table[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        # TOML booleans are ints in Python; never accept one for the other.
-        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            ok, value = True, float(value)
-        if not ok:
-            names = " or ".join(k.__name__ for k in kinds)
-            self.fail(f"must be {names}, got {value!r}", key)
-        if choices and value not in choices:
-            self.fail(f"must be one of {list(choices)}, got {value!r}", key)
-        return value
-
-    def positive(self, key: str, default: Any = ...) -> int:
-        v = self.get(key, int, default)
-        if v is not None and v < 1:
-            self.fail(f"must be >= 1, got {v}", key)
-        return v
-
-    def strings(self, key: str, default: Any = ...) -> tuple[str, ...]:
-        v = self.get(key, (list, str), default)
-        items = [v] if isinstance(v, str) else list(v)
-        for item in items:
-            if not isinstance(item, str):
-                self.fail(f"must be a list of strings, got item {item!r}", key)
-        return tuple(items)
-
-    def done(self, accepted: tuple[str, ...] = ()) -> None:
-        """Reject keys that nobody read; the message lists every key the table accepts (`accepted`, else those read)."""
-        extra = sorted(set(self.table) - self.used)
-        if extra:
-            self.fail(f"unknown key {extra[0]!r} (accepted keys: {sorted(accepted or self.used)})")
-
-
 def _optimizer(value: Any, where: str, file: Path) -> OptimizerConfig:
     r = _Reader(value, where, file)
     name = r.get("name", str, choices=tuple(OPTIMIZER_DEFAULTS))
@@ -253,7 +180,7 @@ def _optimizer(value: Any, where: str, file: Path) -> OptimizerConfig:
     for key in sorted(OPTIMIZER_DEFAULTS[name]):
         if key in r.table:
             v = r.get(key, float)
-            if key not in _MAY_BE_ZERO and v <= 0:
+            if key not in MAY_BE_ZERO and v <= 0:
                 r.fail(f"must be > 0, got {v}", key)
             if v < 0:
                 r.fail(f"must be >= 0, got {v}", key)
@@ -408,7 +335,8 @@ def from_dict(raw: dict[str, Any], path: Path | str = Path("config.toml")) -> Co
             t.fail(f"must be >= 0, got {getattr(train, key)}", key)
     t.done()
     retrain = _retrain(top.get("retrain", dict), file) if "retrain" in raw else None
-    tune = _tune(top.get("tune", dict), file, model, train) if "tune" in raw else None
+    keys = {name: tuple(d) for name, d in OPTIMIZER_DEFAULTS.items()}
+    tune = read_tune(top.get("tune", dict), file, model, train, keys) if "tune" in raw else None
     top.done()
     return Config(data, tuple(features.values()), tuple(crosses.values()), model, train, file, raw, retrain, tune)
 
@@ -423,94 +351,6 @@ def _retrain(table: Any, file: Path) -> RetrainConfig:
         r.fail("must not be empty", "history")
     r.done()
     return spec
-
-
-_TUNE_KINDS = {"embedding_dim": "int", "hidden": "layers", "dropout": "float", "batch_size": "int"}
-
-
-def _tune(table: Any, file: Path, model: ModelConfig, train: TrainConfig) -> TuneConfig:
-    """[tune]: per searched setting a range or choices; the optimizers' keys are those of [train]'s optimizers."""
-    r = _Reader(table, "[tune]", file)
-    parts = {"deep": model.type != "wide", "wide": model.type != "deep"}
-    params = []
-    for key, kind in _TUNE_KINDS.items():
-        if key in r.table:
-            if key != "batch_size" and not parts["deep"]:
-                r.fail(f"the model has no deep part (type {model.type!r})", key)
-            params.append(_tune_param(r, key, key, kind))
-    for part in ("wide_optimizer", "deep_optimizer"):
-        if part in r.table:
-            if not parts[part.split("_")[0]]:
-                r.fail(f"the model has no {part.split('_')[0]} part (type {model.type!r})", part)
-            keys = tuple(OPTIMIZER_DEFAULTS[getattr(train, part).name])
-            o = _Reader(r.get(part, dict), f"[tune.{part}]", file)
-            params += [_tune_param(o, k, f"{part}.{k}", "float") for k in keys if k in o.table]
-            o.done(accepted=keys)
-    r.done(accepted=(*_TUNE_KINDS, "wide_optimizer", "deep_optimizer"))
-    if not params:
-        r.fail("names no setting to search (leave [tune] out to search the default space)")
-    return TuneConfig(tuple(params))
-
-
-def _tune_param(r: _Reader, key: str, name: str, kind: str) -> TuneParam:
-    """A range ([low, high] for floats, or {low, high, log}) or choices (a list for ints and layer lists, or {choices})."""
-    value = r.get(key, (list, dict))
-    if isinstance(value, dict):
-        t = _Reader(value, f"{r.where} {key}", r.file)
-        if "choices" in value:
-            choices = t.get("choices", list)
-            t.done(accepted=("choices",))
-        else:
-            if kind == "layers":
-                t.fail("takes {choices = [...]} or a list of layer lists, not a range")
-            number = float if kind == "float" else int
-            low, high = t.get("low", number), t.get("high", number)
-            param = TuneParam(name, low, high, t.get("log", bool, kind == "float" and low > 0))
-            t.done(accepted=("low", "high", "log", "choices"))
-            return _tune_range(r, key, kind, param)
-    elif kind == "float":
-        if len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            r.fail(f"must be [low, high] (a range) or {{choices = [...]}}, got {value!r}", key)
-        return _tune_range(r, key, kind, TuneParam(name, float(value[0]), float(value[1]), value[0] > 0))
-    else:
-        choices = value
-    if not choices:
-        r.fail("must list at least one choice", key)
-    return TuneParam(name, choices=tuple(_tune_value(r, key, kind, c) for c in choices))
-
-
-def _tune_range(r: _Reader, key: str, kind: str, param: TuneParam) -> TuneParam:
-    for v in (param.low, param.high):
-        _tune_value(r, key, kind, v)
-    if not param.low < param.high:
-        r.fail(f"low must be below high, got {param.low} and {param.high}", key)
-    if param.log and param.low <= 0:
-        r.fail(f"a log range needs low > 0, got {param.low}", key)
-    return param
-
-
-def _tune_value(r: _Reader, key: str, kind: str, v: Any) -> Any:
-    """One value a searched setting may take, checked like the setting itself."""
-    if kind == "layers":
-        if not isinstance(v, list) or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in v):
-            r.fail(f"choices must be lists of positive integers, got {v!r}", key)
-        return tuple(v)
-    if isinstance(v, bool) or not isinstance(v, int if kind == "int" else (int, float)):
-        r.fail(f"values must be {'integers' if kind == 'int' else 'numbers'}, got {v!r}", key)
-    if kind == "int":
-        if v < 1:
-            r.fail(f"values must be >= 1, got {v}", key)
-        return v
-    v = float(v)
-    if key == "dropout":
-        ok, need = 0.0 <= v < 1.0, "in [0, 1)"
-    elif key in _MAY_BE_ZERO:
-        ok, need = v >= 0.0, ">= 0"
-    else:
-        ok, need = v > 0.0, "> 0"
-    if not ok:
-        r.fail(f"values must be {need}, got {v}", key)
-    return v
 
 
 def load(path: str | Path) -> Config:
