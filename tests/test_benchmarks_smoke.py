@@ -99,6 +99,9 @@ def test_serve_smoke(precision: str) -> None:
     assert f"(hybrid backend, {precision} precision)" in out
     assert "| sub-batch x threads | paper (client-side) | in-process | in-process CPU | over HTTP (client-side) |" in out
     assert "| 10 x 2 | - |" in out and "requests/s" in out
+    for row in ("| in-process p50 / (1.25 x (forward + transform)) |", "| HTTP p50 - in-process p50, candidates as columns |",
+                "| batching on / off, 4 clients, requests/s |", "| workers 2 / 1 on ", "| memory of an extra worker (USS / PSS) |"):
+        assert row in out, out
 
 
 def test_serve_compare_smoke() -> None:

@@ -80,7 +80,7 @@ class Batcher:
         self._queue: deque[_Waiting] = deque()
         self._busy = False  # a thread is scoring a pass
         self._pool = ThreadPoolExecutor(scorer.threads - 1, thread_name_prefix="widedeep-batch") if scorer.threads > 1 else None
-        self.passes = self.requests = 0  # counted for tests and /metrics-style checks: requests / passes is the batch size
+        self.passes = self.requests = 0  # so far; requests / passes is the mean number of requests in a pass
 
     def logits(self, enc: Encoded, context_columns: frozenset[str] | None) -> np.ndarray:
         """Logits (N,) of one request's encoded rows, scored in a pass shared with the requests waiting beside it."""

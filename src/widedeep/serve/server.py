@@ -143,6 +143,8 @@ def serve(
     """
     if (source is None) == (arms is None):
         raise ValueError("serve either one MODEL_OR_REGISTRY or --arms NAME=PATH:WEIGHT,... (not both)")
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
     import uvicorn
 
     from widedeep.artifact import Model

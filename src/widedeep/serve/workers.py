@@ -1,11 +1,12 @@
 """`widedeep serve --workers N`: N server processes forked from one that has loaded the models, on one listening socket.
 
 Pre-fork, as gunicorn's --preload: the parent binds the socket, loads every model (checksums, weights, vocabularies) and
-settles its precision once, then forks N workers. Each worker builds its own network from the loaded model (the projection
-table, the onnxruntime sessions: their thread pools would not survive a fork, so the parent holds none when it forks) and
-runs uvicorn on the inherited socket; the kernel gives each new connection to a worker that accepts it. The imported
-libraries, the model's weights and its feature vocabularies stay shared copy-on-write (gc.freeze keeps the collector from
-writing to their pages); benchmarks/serve.py measures what an extra worker costs (USS and PSS from smaps_rollup).
+settles its precision once, then forks N workers. Each worker builds its own network over the loaded model (its
+onnxruntime sessions: their thread pools would not survive a fork, so the parent holds none when it forks) and runs
+uvicorn on the inherited socket; the kernel gives each new connection to a worker that accepts it. The imported libraries,
+the model's weights, its feature vocabularies and the projection table (built once per model, network.Projection.shared)
+stay shared copy-on-write (gc.freeze keeps the collector from writing to their pages); benchmarks/serve.py measures what
+an extra worker costs (USS and PSS from smaps_rollup).
 
 Not uvicorn's own --workers: it spawns fresh interpreters that each import and load everything (nothing shared), with
 the app given as an import string. Not a memory-mapped weights file alone: the weights are a small part of a worker's
@@ -13,7 +14,8 @@ memory next to the libraries and the tables derived from them, which only a fork
 
 The parent only supervises: SIGTERM or SIGINT goes on to every worker as SIGTERM (each drains its connections and
 flushes its logs); a worker that dies is forked again, unless it died within STARTUP_S of its start, which stops the
-server (exit 1). Each worker keeps its own /metrics counters, hot reloads on its own and writes its own log part files.
+server (exit 1). Each worker has its own limits (the connection cap is per worker) and /metrics counters, hot reloads on
+its own and writes its own log part files.
 """
 
 from __future__ import annotations
