@@ -9,24 +9,21 @@ unknown categorical values are not errors (they get the OOV id).
 
 from __future__ import annotations
 
-import json
-import re
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from widedeep.atomic import write_text_atomic
 from widedeep.config import Config, CrossSpec, FeatureSpec
 from widedeep.features import columns as C
 from widedeep.features.columnar import column_length, column_values
 from widedeep.features.columns import FeatureError
 from widedeep.features.cross import Tokens, cross, fill_rows, repeat_ragged
 from widedeep.features.encoded import Encoded
-from widedeep.features.hashing import ALGORITHM, bucket, hash_ints, hash_strings
+from widedeep.features.hashing import bucket, hash_ints, hash_strings
 from widedeep.features.quantile import Quantiles
 from widedeep.features.small import BLOCKS_LIMIT, FloatBlock, TokenMemo, list_tokens
 from widedeep.features.vocab import Vocabulary
@@ -75,22 +72,6 @@ def _stack_columns(cols: list[np.ndarray], dtype, n: int) -> np.ndarray:
         block = [c[r : r + _STACK_ROWS] for c in cols]
         np.stack(block, axis=1, out=out[r : r + _STACK_ROWS], casting="unsafe")
     return out
-
-
-def _dumps(doc: dict) -> str:
-    """Indented JSON whose long flat lists (tokens, counts, boundaries) sit on one line each; fast and still readable."""
-    flat: list[str] = []
-
-    def strip(o: Any) -> Any:
-        if isinstance(o, dict):
-            return {k: strip(v) for k, v in o.items()}
-        if isinstance(o, list) and o and not isinstance(o[0], (dict, list)):
-            flat.append(json.dumps(o, ensure_ascii=False))
-            return f"\x00{len(flat) - 1}"
-        return [strip(v) for v in o] if isinstance(o, list) else o
-
-    text = json.dumps(strip(doc), indent=1, ensure_ascii=False)
-    return re.sub(r'"\\u0000(\d+)"', lambda m: flat[int(m.group(1))], text)
 
 
 class FeatureSet:
@@ -454,80 +435,27 @@ class FeatureSet:
         lists = {name: (cols[name].ids, cols[name].offsets) for name in self.list_slots}
         return Encoded(ids=ids, dense=dense, lists=lists, label=label)
 
-    # ---- persistence -------------------------------------------------------------------------------------------------
+    # ---- persistence (features.json: widedeep.features.persist) ----------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        self._finalize()
-        feats = []
-        for f in self.features:
-            d = asdict(f)
-            if f.type == "categorical":
-                d["vocabulary"] = self.vocabs_[f.name].to_dict()
-            elif f.type == "continuous":
-                d["quantiles_state"] = self.quantiles_[f.name].to_dict()
-            feats.append(d)
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "hash": {
-                "algorithm": ALGORITHM,
-                "id": "3 + hash % buckets",
-                "numbers": "hashed as their decimal string",
-                "cross": "combine(...combine(h1, h2)..., hk) in the order of the cross's columns",
-                "continuous_in_cross": f"hash_ints(bucket index, salt={_BUCKET_SALT})",
-            },
-            "label": self.label,
-            "rows": self.rows_,
-            "info": self.info_,
-            "id_slots": list(self.id_slots),
-            "list_slots": list(self.list_slots),
-            "dense_names": list(self.dense_names),
-            "features": feats,
-            "crosses": [{"name": c.name, "columns": list(c.columns), "buckets": c.buckets} for c in self.crosses],
-        }
+        from widedeep.features.persist import to_dict
+
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FeatureSet":
-        if not isinstance(d, Mapping) or d.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} document")
-        if d.get("version") != VERSION:
-            raise ValueError(f"unsupported version {d.get('version')!r} (this widedeep reads version {VERSION})")
-        if d.get("hash", {}).get("algorithm") != ALGORITHM:
-            raise ValueError(f"hash algorithm {d.get('hash', {}).get('algorithm')!r} is not {ALGORITHM!r}")
-        known = {f.name for f in fields(FeatureSpec)}
-        specs, states = [], {}
-        for item in d["features"]:
-            item = dict(item)
-            states[item["name"]] = (item.pop("vocabulary", None), item.pop("quantiles_state", None))
-            if item.get("type") == "continuous":  # files without the key predate "interpolated"
-                item.setdefault("normalization", "bucket")
-            extra = set(item) - known
-            if extra:
-                raise ValueError(f"feature {item.get('name')!r} has unknown keys {sorted(extra)}")
-            specs.append(FeatureSpec(**item))
-        crosses = [CrossSpec(c["name"], tuple(c["columns"]), int(c["buckets"])) for c in d["crosses"]]
-        fs = cls(specs, crosses, d.get("label"))
-        for f in specs:
-            vocab, quant = states[f.name]
-            if f.type == "categorical":
-                fs.vocabs_[f.name] = Vocabulary.from_dict(vocab, f.min_count, f.max_size)
-            elif f.type == "continuous":
-                fs.quantiles_[f.name] = Quantiles.from_dict(quant, f.quantiles)
-        fs.rows_, fs.info_, fs._dirty = int(d.get("rows", 0)), dict(d.get("info", {})), False
-        return fs
+        from widedeep.features.persist import from_dict
+
+        return from_dict(cls, d)
 
     def save(self, path: str | Path) -> Path:
-        """Write features.json atomically (`widedeep.atomic.write_text_atomic`)."""
-        path = Path(path)
-        write_text_atomic(path, _dumps(self.to_dict()))
-        return path
+        """Write features.json atomically."""
+        from widedeep.features.persist import save
+
+        return save(self, Path(path))
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureSet":
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except OSError as e:
-            raise ValueError(f"{path}: cannot read feature set: {e.strerror or e}") from None
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: corrupt or incompatible feature set: {e}") from None
+        from widedeep.features.persist import load
+
+        return load(cls, Path(path))
