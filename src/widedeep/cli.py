@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
-from widedeep.config import ConfigError, load
+from widedeep import commands
+from widedeep.config import ConfigError
 from widedeep.serve.settings import AUC_TOLERANCE, BACKENDS, LOGLOSS_TOLERANCE, POLL_S, PRECISION, PRECISIONS, PROJECT_MB
 from widedeep.serve.settings import LOG_QUEUE, LOG_ROLL_MB, LOG_ROLL_ROWS, LOG_ROLL_S, LOG_SAMPLE, SPLIT_KEY
 from widedeep.serve.settings import BATCH_QUEUE, BATCHING, MAX_BATCH_CANDIDATES, MAX_QUEUE_DELAY_US, WORKERS
@@ -28,271 +27,10 @@ SCORE_PRECISION_HELP = (
 )
 
 
-def _world() -> int:
-    """WORLD_SIZE set by torchrun (1 for a plain process); read here so that a plain run imports no torch to learn it."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _prepare(args: argparse.Namespace) -> int:
-    if _world() > 1:  # under torchrun: every rank fits and encodes its part of the files
-        from widedeep.features.distributed import prepare_distributed
-        from widedeep.train.distributed import setup, teardown
-
-        setup("cpu")
-        prepare_distributed(load(args.config), force=args.force)
-        teardown()
-        return 0
-    from widedeep.features.prepare import prepare
-
-    prepare(load(args.config), force=args.force)
-    return 0
-
-
-def _train(args: argparse.Namespace) -> int:
-    if args.nproc > 1 and _world() == 1:  # re-run this command in N processes under torchrun
-        from widedeep.train.distributed import launch_local
-
-        argv = ["train", str(args.config), "--device", args.device]
-        argv += [f"--resume={args.resume}"] if args.resume != "no" else []
-        argv += ["--warm-start", str(args.warm_start)] if args.warm_start else []
-        return launch_local(args.nproc, argv)
-    cfg = load(args.config)
-    from widedeep.train.distributed import teardown
-    from widedeep.train.loop import train
-
-    train(cfg, resume=args.resume, warm_start=args.warm_start, device=args.device)
-    teardown()  # leave the torchrun process group, if any
-    return 0
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from widedeep.artifact import Model
-    from widedeep.serve.precision import evaluate
-
-    print(json.dumps(evaluate(Model.load(args.model), args.data, args.precision), indent=2))
-    return 0
-
-
-def _predict(args: argparse.Namespace) -> int:
-    from widedeep.artifact import Model
-
-    Model.load(args.model).predict_file(args.data, args.out)
-    print(f"wrote {args.out}")
-    return 0
-
-
-def _report(args: argparse.Namespace) -> int:
-    from widedeep.report.plots import MissingPlotsExtra, require_matplotlib
-
-    try:
-        require_matplotlib()
-    except MissingPlotsExtra as e:
-        print(f"widedeep report: error: {e}", file=sys.stderr)
-        return 2
-    from widedeep.metrics import CALIBRATION_BINS
-    from widedeep.report.writer import write_report
-
-    bins = CALIBRATION_BINS if args.bins is None else args.bins
-    report = write_report(args.model, args.data, args.out, bins=bins)
-    print(f"wrote {args.out}: {', '.join([*report['plots'], 'report.md', 'report.json'])}")
-    return 0
-
-
-def _compare(args: argparse.Namespace) -> int:
-    cfg = load(args.config)
-    from widedeep.train.compare import compare
-
-    compare(cfg, device=args.device)
-    return 0
-
-
-def _tune(args: argparse.Namespace) -> int:
-    cfg = load(args.config)
-    from widedeep.tune import MissingTuneExtra, tune
-
-    try:
-        result = tune(
-            cfg, args.trials, timeout=args.timeout, storage=args.storage, study_name=args.study, jobs=args.jobs,
-            progress=not args.worker, outputs=not args.worker, device=args.device,
-        )  # fmt: skip
-    except MissingTuneExtra as e:
-        print(f"widedeep tune: error: {e}", file=sys.stderr)
-        return 2
-    if not args.worker:
-        print(result.summary())
-    return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from widedeep.demo import demo
-
-    demo(out=args.out, rows=args.rows, device=args.device)
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    from widedeep.serve.onnx import export_onnx
-
-    if not args.onnx:
-        raise ValueError("choose an export format: --onnx (the only one so far)")
-    print(f"wrote {export_onnx(args.model, args.out)}")
-    return 0
-
-
-def _join(args: argparse.Namespace) -> int:
-    from widedeep.loop.join import join
-
-    stats = join(
-        load(args.config),
-        args.impressions,
-        args.events,
-        args.out,
-        window=args.window,
-        positive=args.positive,
-        include_immature=args.include_immature,
-        engine=args.engine,
-        memory_limit=args.memory_limit,
-    )
-    print(stats.to_text())
-    return 0
-
-
 def _tolerances(s: argparse.ArgumentParser) -> None:
     s.add_argument("--data", type=str, required=True, help="holdout file, glob or directory with the label column")
     s.add_argument("--auc-tolerance", type=float, default=AUC_TOLERANCE, help="largest AUC drop vs the current model that passes (default: %(default)s)")
     s.add_argument("--logloss-tolerance", type=float, default=LOGLOSS_TOLERANCE, help="largest logloss rise vs the current model that passes (default: %(default)s)")
-
-
-def _validate(args: argparse.Namespace) -> int:
-    from widedeep.serve.validate import validate
-
-    tolerances = {"auc_tolerance": args.auc_tolerance, "logloss_tolerance": args.logloss_tolerance}
-    report = validate(args.new, args.against, args.data, **tolerances, precision=args.precision)
-    print(report.to_json() if args.json else report.to_text())
-    return 0 if report.passed else 1
-
-
-def _promote(args: argparse.Namespace) -> int:
-    from widedeep.serve.registry import Registry
-
-    registry = Registry(args.registry, create=True)
-    report = registry.promote(
-        args.new,
-        data=args.data,
-        auc_tolerance=args.auc_tolerance,
-        logloss_tolerance=args.logloss_tolerance,
-        force=args.force,
-        name=args.name,
-    )
-    print(report.to_text())
-    if report.passed or args.force:
-        print(f"promoted: {args.registry}/CURRENT -> {registry.current_version()}" + ("" if report.passed else " (forced)"))
-        return 0
-    print(f"not promoted: {args.registry}/CURRENT still -> {registry.current_version() or '(none)'}", file=sys.stderr)
-    return 1
-
-
-def _retrain(args: argparse.Namespace) -> int:
-    cfg = load(args.config)
-    from widedeep.loop.retrain import retrain
-
-    tolerances = {"auc_tolerance": args.auc_tolerance, "logloss_tolerance": args.logloss_tolerance}
-    fraction = {} if args.holdout_fraction is None else {"holdout_fraction": args.holdout_fraction}  # else the library's
-    result = retrain(cfg, args.registry, args.data, day=args.day, name=args.name, device=args.device, **tolerances, **fraction)
-    if result.report is not None:
-        print(result.report.to_text())
-    print(result.summary(), file=sys.stdout if result.promoted else sys.stderr)
-    return 0 if result.promoted else 1
-
-
-def _ab_report(args: argparse.Namespace) -> int:
-    from widedeep.loop.abreport import REPORT_MD, ab_report, markdown_table
-
-    report = ab_report(
-        args.impressions, args.events, args.out, window=args.window, positive=args.positive, control=args.control,
-        include_immature=args.include_immature,
-    )  # fmt: skip
-    print(markdown_table(report.arms))
-    print(f"wrote {args.out / REPORT_MD} (control: {report.control})")
-    return 0
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    from widedeep.loop.abreport import REPORT_MD, markdown_table
-    from widedeep.loop.simulate import Simulation, parse_arms, paper_lifts, simulate
-
-    given = {k: getattr(args, k) for k in ("days", "users", "seed", "offline_rows") if getattr(args, k) is not None}
-    sim = Simulation(**given, **({"arms": parse_arms(args.arms)} if args.arms is not None else {}))  # else the library's
-    report = simulate(sim, args.out)
-    print(markdown_table(report.arms, paper_lifts()))
-    print(f"wrote {args.out / 'report' / REPORT_MD}")
-    return 0
-
-
-def _serve(args: argparse.Namespace) -> int:
-    import logging
-
-    from widedeep.serve.server import serve
-    from widedeep.serve.limits import Limits
-
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    limits = Limits(
-        max_body_bytes=args.max_body_bytes,
-        max_candidates=args.max_candidates,
-        max_string_bytes=args.max_string_bytes,
-        header_timeout=args.header_timeout,
-        body_timeout=args.body_timeout,
-        keep_alive_timeout=args.keep_alive_timeout,
-        max_connections=args.max_connections,
-    )
-    from widedeep.serve.logs import Rolling
-
-    rolling = Rolling(seconds=args.log_roll_seconds, rows=args.log_roll_rows, mb=args.log_roll_mb, queue=args.log_queue)
-    from widedeep.serve.batcher import Batching
-
-    batching = Batching(args.batching == "on", args.max_batch_candidates, args.max_queue_delay_us, args.batch_queue)
-    return serve(
-        args.model,
-        arms=args.arms,
-        split_key=args.split_key,
-        log_dir=args.log_dir,
-        log_sample=args.log_sample,
-        rolling=rolling,
-        host=args.host,
-        port=args.port,
-        backend=args.backend,
-        sub_batch=args.sub_batch,
-        threads=args.threads,
-        intra_op=args.intra_op,
-        project_mb=args.project_mb,
-        precision=args.precision,
-        limits=limits,
-        poll_s=args.poll,
-        log_level=args.log_level,
-        batching=batching,
-        workers=args.workers,
-    )
-
-
-def _bench_serve(args: argparse.Namespace) -> int:
-    from widedeep.serve.bench import bench_serve
-
-    context = [c for c in args.context.split(",") if c] if args.context is not None else None
-    result = bench_serve(
-        args.model,
-        candidates=args.candidates,
-        requests=args.requests,
-        warmup=args.warmup,
-        clients=args.clients,
-        seconds=args.seconds,
-        context_columns=context,
-        backend=args.backend,
-        precision=args.precision,
-        http=not args.no_http,
-        log=lambda msg: print(msg, file=sys.stderr),
-    )
-    print(result.markdown())
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("prepare", help="fit vocabularies, quantiles and crosses; encode train/eval into shards")
     s.add_argument("config", type=Path)
     s.add_argument("--force", action="store_true", help="re-fit and re-encode even if the prepared data is fresh")
-    s.set_defaults(func=_prepare)
+    s.set_defaults(func=commands.prepare)
 
     s = sub.add_parser("train", help="train the model declared in CONFIG (runs prepare first if needed)")
     s.add_argument("config", type=Path)
@@ -314,31 +52,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warm-start", type=Path, default=None, metavar="PREV_MODEL", help="start from a previous model's weights")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (runs torchrun --standalone)")
-    s.set_defaults(func=_train)
+    s.set_defaults(func=commands.train)
 
     s = sub.add_parser("evaluate", help="print AUC, logloss and calibration of MODEL on DATA as JSON")
     s.add_argument("model", type=Path)
     s.add_argument("data", type=str)
     s.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32", help=SCORE_PRECISION_HELP)
-    s.set_defaults(func=_evaluate)
+    s.set_defaults(func=commands.evaluate)
 
     s = sub.add_parser("predict", help="write the predictions of MODEL on DATA to a Parquet file")
     s.add_argument("model", type=Path)
     s.add_argument("data", type=str)
     s.add_argument("--out", type=Path, required=True)
-    s.set_defaults(func=_predict)
+    s.set_defaults(func=commands.predict)
 
     s = sub.add_parser("report", help="plots (ROC, precision-recall, reliability, scores, learning curves) and report.md")
     s.add_argument("model", type=Path)
     s.add_argument("data", type=str, help="file, glob or directory with the label column")
     s.add_argument("--out", type=Path, required=True, help="folder to write (replaced atomically)")
     s.add_argument("--bins", type=int, default=None, help="equal-width calibration bins over [0, 1] (default: 10)")
-    s.set_defaults(func=_report)
+    s.set_defaults(func=commands.report)
 
     s = sub.add_parser("compare", help="train wide-only, deep-only and wide & deep on the same data (the paper's Table 1)")
     s.add_argument("config", type=Path)
     s.add_argument("--device", default="auto")
-    s.set_defaults(func=_compare)
+    s.set_defaults(func=commands.compare)
 
     s = sub.add_parser("tune", help="search hyper-parameters ([tune]) on eval AUC with Optuna; writes <train.out>/tune/<study>")
     s.add_argument("config", type=Path)
@@ -356,13 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--worker", action="store_true",
         help="only run trials: no progress, summary or outputs (another tune command on the study writes them)",
     )  # fmt: skip
-    s.set_defaults(func=_tune)
+    s.set_defaults(func=commands.tune)
 
     s = sub.add_parser("demo", help="generate app-store data, prepare it, compare the three models, keep the wide & deep one")
     s.add_argument("--out", type=Path, default=Path("runs/demo"))
     s.add_argument("--rows", type=int, default=None, help="training rows to generate (default: the demo size)")
     s.add_argument("--device", default="auto")
-    s.set_defaults(func=_demo)
+    s.set_defaults(func=commands.demo)
 
     s = sub.add_parser("serve", help="serve MODEL (a model directory or a registry, hot-reloaded), or A/B --arms, over HTTP: "
                        "/v1/recommend, /v1/score, /v1/events")  # fmt: skip
@@ -432,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="server processes forked after loading the models, sharing them (default: %(default)s)",
     )  # fmt: skip
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    s.set_defaults(func=_serve)
+    s.set_defaults(func=commands.serve)
 
     s = sub.add_parser("bench-serve", help="ranking latency in process and over HTTP at sub-batch x threads splits (the paper's Table 2)")
     s.add_argument("model", type=Path, metavar="MODEL_OR_REGISTRY")
@@ -446,13 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", choices=PRECISIONS, default=PRECISION, help=PRECISION_HELP)
     s.add_argument("--int8", dest="precision", action="store_const", const="int8", help="same as --precision int8")
     s.add_argument("--no-http", action="store_true", help="in-process figures only")
-    s.set_defaults(func=_bench_serve)
+    s.set_defaults(func=commands.bench_serve)
 
     s = sub.add_parser("export", help="export MODEL's network to ONNX (MODEL/model.onnx + onnx.json) for --backend onnxruntime")
     s.add_argument("model", type=Path)
     s.add_argument("--onnx", action="store_true", help="write ONNX (the only format)")
     s.add_argument("--out", type=Path, default=None, help="ONNX file to write (default: MODEL/model.onnx)")
-    s.set_defaults(func=_export)
+    s.set_defaults(func=commands.export)
 
     s = sub.add_parser("join", help="label the impression log with the event log: the training data for the next model")
     s.add_argument("--impressions", nargs="+", required=True, help="impression log: Parquet files, globs or folders")
@@ -467,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--memory-limit", default=None, help="duckdb: memory cap such as 4GB; past it the join spills to disk beside --out")
     s.add_argument("--config", type=Path, required=True, help="the config the model is trained with (features, label)")
     s.add_argument("--out", type=Path, required=True, help="labelled Parquet file to write (atomically)")
-    s.set_defaults(func=_join)
+    s.set_defaults(func=commands.join)
 
     s = sub.add_parser("validate", help="dry-run NEW on a holdout and compare it with CURRENT; exit 1 if it fails")
     s.add_argument("new", type=Path)
@@ -475,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     _tolerances(s)
     s.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32", help=SCORE_PRECISION_HELP + " (both models)")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
-    s.set_defaults(func=_validate)
+    s.set_defaults(func=commands.validate)
 
     s = sub.add_parser("promote", help="validate NEW against the registry's current model, then switch CURRENT atomically")
     s.add_argument("new", type=str, help="a model directory, or a version already in the registry")
@@ -483,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     _tolerances(s)
     s.add_argument("--name", default=None, help="version name (default: UTC timestamp + weights sha prefix)")
     s.add_argument("--force", action="store_true", help="switch CURRENT even if validation fails (the report is still logged)")
-    s.set_defaults(func=_promote)
+    s.set_defaults(func=commands.promote)
 
     s = sub.add_parser("retrain", help="the daily run: add a day's data, train on the window of days warm-started from the "
                        "registry's current model, validate on the day's holdout, promote; exit 1 if refused")  # fmt: skip
@@ -496,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--auc-tolerance", type=float, default=AUC_TOLERANCE, help="largest AUC drop vs CURRENT that passes (default: %(default)s)")
     s.add_argument("--logloss-tolerance", type=float, default=LOGLOSS_TOLERANCE, help="largest logloss rise that passes (default: %(default)s)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    s.set_defaults(func=_retrain)
+    s.set_defaults(func=commands.retrain)
 
     s = sub.add_parser("ab-report", help="the online A/B result: each arm's positive rate and lift over the control, with "
                        "95%% intervals, from the impression and event logs; writes ab_report.md, .json and .png")  # fmt: skip
@@ -510,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="count impressions younger than the window (measured from the newest logged time); left out by default",
     )  # fmt: skip
     s.add_argument("--out", type=Path, required=True, help="folder to write (replaced atomically)")
-    s.set_defaults(func=_ab_report)
+    s.set_defaults(func=commands.ab_report)
 
     s = sub.add_parser("simulate", help="the online A/B experiment on the app-store simulator: one server with an arm per "
                        "model type, simulated users, and nightly join, retrain, validate and promote per arm")  # fmt: skip
@@ -520,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None, help="the simulated world and its users (default: 0)")
     s.add_argument("--offline-rows", type=int, default=None, help="day 0's offline training log (default: 200000)")
     s.add_argument("--out", type=Path, required=True, help="a new or empty folder; the report goes to OUT/report")
-    s.set_defaults(func=_simulate)
+    s.set_defaults(func=commands.simulate)
     return p
 
 
