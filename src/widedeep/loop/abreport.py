@@ -289,11 +289,11 @@ def write_report(report: ABReport, out: Path | str, *, title: str = "A/B report"
 def daily_plot(report: ABReport, path: Path | str, reference: Mapping[str, float] | None = None) -> Path:
     """Left: each arm's daily rate with its interval. Right: each arm's daily lift over the control with its interval,
     and the `reference` lifts as dashed lines."""
-    from widedeep.report.plots import _figure, _save
+    from widedeep.report.plots import new_figure, save_figure
 
     days = list(report.days)
     arms = [a.arm for a in report.arms]
-    fig = _figure(11.0, 4.2)
+    fig = new_figure(11.0, 4.2)
     rate_ax, lift_ax = fig.subplots(1, 2)
     width = 0.6 / max(len(arms), 1)  # arms side by side within a day
     for i, arm in enumerate(arms):
@@ -324,4 +324,4 @@ def daily_plot(report: ABReport, path: Path | str, reference: Mapping[str, float
             ax.legend(loc="best", fontsize=8)
     rate_ax.set(xlabel="day", ylabel="positive rate (%)", title=f"Daily rate per arm ({report.confidence:.0%} CI)")
     lift_ax.set(xlabel="day", ylabel=f"lift over {report.control} (%)", title=f"Daily lift over {report.control} ({report.confidence:.0%} CI)")
-    return _save(fig, path)
+    return save_figure(fig, path)

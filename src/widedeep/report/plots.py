@@ -39,7 +39,7 @@ def require_matplotlib() -> None:
         raise MissingPlotsExtra("plots need matplotlib, which is not installed: pip install 'widedeep[plots]'")
 
 
-def _figure(width: float = 6.0, height: float = 4.5, **kwargs: Any) -> Figure:
+def new_figure(width: float = 6.0, height: float = 4.5, **kwargs: Any) -> Figure:
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -49,7 +49,7 @@ def _figure(width: float = 6.0, height: float = 4.5, **kwargs: Any) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: Path | str) -> Path:
+def save_figure(fig: Figure, path: Path | str) -> Path:
     # format is explicit: the path may be a temporary name without the .png suffix (widedeep.atomic.publish_file).
     fig.savefig(path, format="png", dpi=DPI)
     return Path(path)
@@ -59,7 +59,7 @@ def roc_plot(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path | s
     """ROC curves of one or more models, each given as name -> (0/1 labels, probabilities), AUC in the legend."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    fig = _figure(5.5, 5.0)
+    fig = new_figure(5.5, 5.0)
     ax = fig.add_subplot()
     for name, (labels, probs) in curves.items():
         fpr, tpr, _ = roc_curve(labels, probs)
@@ -70,7 +70,7 @@ def roc_plot(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path | s
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pr_plot(labels: np.ndarray, probs: np.ndarray, path: Path | str, name: str = "model") -> Path:
@@ -80,14 +80,14 @@ def pr_plot(labels: np.ndarray, probs: np.ndarray, path: Path | str, name: str =
     precision, recall, _ = precision_recall_curve(labels, probs)
     ap = average_precision_score(labels, probs)
     rate = float(np.mean(labels))
-    fig = _figure(5.5, 5.0)
+    fig = new_figure(5.5, 5.0)
     ax = fig.add_subplot()
     ax.plot(recall, precision, lw=1.8, drawstyle="steps-post", label=f"{name} (AP = {ap:.4f})")
     ax.axhline(rate, ls="--", lw=1, color="grey", label=f"chance (positive rate = {rate:.4f})")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall", ylabel="precision", title="Precision-recall curve")
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def reliability_plot(table: Mapping[str, list[float]], ece: float, path: Path | str) -> Path:
@@ -98,7 +98,7 @@ def reliability_plot(table: Mapping[str, list[float]], ece: float, path: Path | 
     mean_p = np.asarray(table["mean_prediction"], dtype=np.float64)
     rate = np.asarray(table["positive_rate"], dtype=np.float64)
     filled = counts > 0
-    fig = _figure(6.0, 6.5)
+    fig = new_figure(6.0, 6.5)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     top.plot([0, 1], [0, 1], ls="--", lw=1, color="grey", label="perfectly calibrated")
     top.plot(mean_p[filled], rate[filled], marker="o", lw=1.5, label=f"model (ECE = {ece:.4f})")
@@ -112,7 +112,7 @@ def reliability_plot(table: Mapping[str, list[float]], ece: float, path: Path | 
     bottom.set(xlabel="predicted probability (bin)", ylabel="examples")
     bottom.set_ylim(0, max(1, int(counts.max())) * 1.2)
     bottom.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def score_plot(labels: np.ndarray, probs: np.ndarray, path: Path | str, bins: int = SCORE_BINS) -> Path:
@@ -120,7 +120,7 @@ def score_plot(labels: np.ndarray, probs: np.ndarray, path: Path | str, bins: in
     labels = np.asarray(labels).ravel()
     probs = np.asarray(probs, dtype=np.float64).ravel()
     edges = np.arange(bins + 1) / bins
-    fig = _figure(6.5, 4.5)
+    fig = new_figure(6.5, 4.5)
     ax = fig.add_subplot()
     for value, color in ((0, "tab:blue"), (1, "tab:orange")):
         p = probs[labels == value]
@@ -130,13 +130,13 @@ def score_plot(labels: np.ndarray, probs: np.ndarray, path: Path | str, bins: in
     ax.set(xlim=(0, 1), xlabel="predicted probability", ylabel="density", title="Score distribution by label")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def learning_plot(curves: Mapping[str, Mapping[str, list[float]]], path: Path | str) -> Path:
     """Training loss and eval logloss (left) and eval AUC (right) by step, from `learning_curves` of a metrics.jsonl."""
     train, evals = curves.get("train", {}), curves.get("eval", {})
-    fig = _figure(10.0, 4.2)
+    fig = new_figure(10.0, 4.2)
     loss_ax, auc_ax = fig.subplots(1, 2)
     if train.get("step"):
         loss_ax.plot(train["step"], train["loss"], lw=1.2, label="train loss (window mean)")
@@ -152,4 +152,4 @@ def learning_plot(curves: Mapping[str, Mapping[str, list[float]]], path: Path | 
         ax.grid(alpha=0.3)
     loss_ax.legend(loc="best")
     fig.suptitle("Learning curves")
-    return _save(fig, path)
+    return save_figure(fig, path)
