@@ -52,6 +52,7 @@ from widedeep.serve.settings import PRECISION, PRECISIONS
 from widedeep.serve.workers import memory
 
 CONTEXT = [f"C{j}" for j in range(1, 14)] + [f"I{j}" for j in range(1, 7)]
+RECONNECT = 20  # requests per connection in the throughput runs: 4 long-lived connections would split over 2 workers by luck
 
 
 def paper_model(out: Path, rows: int, hidden: tuple[int, ...] = (1024, 512, 256), seed: int = 0) -> Path:
@@ -237,14 +238,15 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def throughput_in_turns(urls: dict[str, str], body: bytes, sizes: Sizes) -> dict[str, tuple[float, Latency]]:
-    """Throughput runs of `sizes.clients` concurrent clients against each server in turns (after one warm-up run each:
-    every worker builds its context half on its first requests); the median requests/s and latency over the runs."""
+    """Throughput runs of `sizes.clients` concurrent clients, each connecting anew every RECONNECT requests, against each
+    server in turns (after one warm-up run each: every worker builds its context half on its first requests); the median
+    requests/s and latency over the runs."""
     runs: dict[str, list[tuple[float, Latency]]] = {name: [] for name in urls}
     for url in urls.values():
-        http_throughput(url, body, sizes.clients, min(1.0, sizes.seconds))
+        http_throughput(url, body, sizes.clients, min(1.0, sizes.seconds), RECONNECT)
     for _ in range(sizes.runs):
         for name, url in urls.items():
-            runs[name].append(http_throughput(url, body, sizes.clients, sizes.seconds))
+            runs[name].append(http_throughput(url, body, sizes.clients, sizes.seconds, RECONNECT))
     out = {}
     for name, done in runs.items():
         lats = [lat for _, lat in done]

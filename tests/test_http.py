@@ -214,3 +214,21 @@ def test_model_info_shows_the_training_metadata_and_no_local_path(server, tiny_m
     roots = {str(tiny_model), str(tiny_model.resolve()), str(tiny_model.parent), str(Path.home())}
     leaks = [s for s in found if s.startswith(("/", "~")) or any(r in s for r in roots)]
     assert found and not leaks, leaks
+
+
+def test_an_app_mounted_under_a_prefix_answers_through_its_fastapi_routes(server, tiny_model: Path):
+    """The ranking routes are answered ahead of FastAPI only at their own paths; mounted under a prefix, the same app
+    answers them through FastAPI's routes, alike, errors included."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    client, live = server
+    body = {"context": CONTEXT, "candidates": cands(12), "k": 4}
+    direct = client.post("/v1/recommend", json=body).json()
+    outer = Starlette(routes=[Mount("/api", app=create_app(live))])
+    with BackgroundServer(outer) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        mounted = c.post("/api/v1/recommend", json=body)
+        assert mounted.status_code == 200, mounted.text
+        assert mounted.json()["items"] == direct["items"]
+        bad = c.post("/api/v1/recommend", json={"context": CONTEXT})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "candidates"

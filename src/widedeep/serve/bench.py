@@ -238,8 +238,10 @@ def time_http(url: str, body: bytes, requests: int, warmup: int) -> Latency:
         client.close()
 
 
-def http_throughput(url: str, body: bytes, clients: int, seconds: float) -> tuple[float, Latency]:
-    """Requests/s with `clients` threads each sending back-to-back requests for `seconds`; and their latency."""
+def http_throughput(url: str, body: bytes, clients: int, seconds: float, reconnect: int = 0) -> tuple[float, Latency]:
+    """Requests/s with `clients` threads each sending back-to-back requests for `seconds`; and their latency. With
+    `reconnect`, each client opens a new connection after that many requests (as the clients behind a load balancer
+    come and go), so that the connections spread over a server's worker processes by their load."""
     stop, lat, errors = threading.Event(), [[] for _ in range(clients)], []
 
     def client(i: int) -> None:
@@ -251,6 +253,8 @@ def http_throughput(url: str, body: bytes, clients: int, seconds: float) -> tupl
                 if status != 200:
                     errors.append(status)
                 lat[i].append(time.perf_counter() - t0)
+                if reconnect and len(lat[i]) % reconnect == 0:
+                    c.close()  # the next request connects again
         finally:
             c.close()
 
