@@ -27,7 +27,7 @@ from widedeep.serve.live import LiveScorer
 from widedeep.serve.scorer import Scorer
 
 CONTEXT = {"country": "us", "installed_apps": ["app2", "app7"], "user_id": 42, "age": 31.5}
-PART = re.compile(r"^part-\d{8}T\d{6}\.\d{6}Z-\d{6}\.parquet$")
+PART = re.compile(r"^part-\d{8}T\d{6}\.\d{6}Z-\d+-\d{6}\.parquet$")
 
 
 def cands(n: int) -> list[dict]:

@@ -19,7 +19,7 @@ which makes it the faster form for large requests. Errors name the value as ``ca
 (``candidates.app_price``: not a list, or of another length than the first column).
 
 Impression logging, ``widedeep serve MODEL --log-dir DIR [--log-sample 1.0]``: each returned item of a /v1/recommend
-answer is one row of DIR/impressions/part-<UTC time>-<seq>.parquet (`widedeep.serve.log_schema.impression_schema`: request id,
+answer is one row of DIR/impressions/part-<UTC time>-<pid>-<seq>.parquet (`widedeep.serve.log_schema.impression_schema`: request id,
 time, model version, arm, position, candidate index, score, and the context's and candidate's features as received).
 --log-sample keeps that share of the requests (whole requests, by a hash of the request id). The request only enqueues;
 a background thread writes part files when the oldest row is --log-roll-seconds old (60) or a file reaches

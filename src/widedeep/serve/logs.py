@@ -1,7 +1,7 @@
 """The server's two logs, impressions and outcome events, as rolling Parquet files written off the request path.
 
 A request only enqueues (`put_nowait` on a bounded queue); a background thread turns what is queued into Arrow batches
-and writes a part file ``part-<UTC time>-<seq>.parquet`` when its oldest row is `Rolling.seconds` old, when it holds
+and writes a part file ``part-<UTC time>-<pid>-<seq>.parquet`` when its oldest row is `Rolling.seconds` old, when it holds
 `Rolling.rows` rows or `Rolling.mb` MB, and when the server stops. Each file is published by `widedeep.atomic` (a
 temporary name, then a rename), so a reader sees a whole file or none: a server killed outright loses the rows it had
 not yet written, never a file. When the queue is full, rows are dropped and counted, and the request goes on as if
@@ -189,10 +189,11 @@ class RollingLog:
 
 
 def part_name(seq: int, now: float | None = None) -> str:
-    """``part-<UTC time to the microsecond>-<seq>.parquet``: names sort by the time they were written."""
+    """``part-<UTC time to the microsecond>-<pid>-<seq>.parquet``: names sort by the time they were written, and the
+    worker processes of one server (`--workers`), which share the log folder, never write the same name."""
     now = time.time() if now is None else now
     seconds, micros = divmod(round(now * 1e6), 1_000_000)
-    return f"part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(seconds))}.{micros:06d}Z-{seq:06d}.parquet"
+    return f"part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(seconds))}.{micros:06d}Z-{os.getpid()}-{seq:06d}.parquet"
 
 
 # -- impressions ---------------------------------------------------------------------------------------------------------
