@@ -33,10 +33,11 @@ from __future__ import annotations
 import argparse
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from functools import partial
-from typing import TYPE_CHECKING, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -224,7 +225,7 @@ def _movielens(folder: Path, name: str, train_rows: int, eval_rows: int) -> Data
     return _write_config(folder, name, "\n".join(lines) + "\n", *_rows(data, "train.parquet", "eval.parquet"))
 
 
-def _movielens_tables() -> tuple["pa.Table", "pa.Table"]:
+def _movielens_tables() -> tuple[pa.Table, pa.Table]:
     """MovieLens 100k ratings joined with their user and movie, oldest first, split at the 80th percentile of rows."""
     import numpy as np
     import pandas as pd
@@ -235,7 +236,7 @@ def _movielens_tables() -> tuple["pa.Table", "pa.Table"]:
     items = pd.read_parquet(_package_file("MovieLens100k_items.parquet.brotli"))
     genre_names = list(items.columns[5:])  # 19 0/1 columns, "unknown" .. "Western"
     flags = items[genre_names].to_numpy(bool)  # (movies, 19)
-    rows, cols = np.nonzero(flags)  # row-major: each movie's genres in order
+    _, cols = np.nonzero(flags)  # row-major: each movie's genres in order
     genres = pa.ListArray.from_arrays(
         pa.array(np.concatenate([[0], np.cumsum(flags.sum(axis=1))]).astype(np.int32)),
         pa.array(np.asarray(genre_names, dtype=object)[cols], pa.string()),
@@ -254,7 +255,7 @@ def _movielens_tables() -> tuple["pa.Table", "pa.Table"]:
         "year": pa.array(df["year"].to_numpy(np.float64), mask=df["year"].isna().to_numpy()),
         "genres": genres.take(pa.array(df["genre_row"].to_numpy())),
     })  # fmt: skip
-    cut = int(round(len(df) * 0.8))
+    cut = round(len(df) * 0.8)
     return table.slice(0, cut), table.slice(cut)
 
 
@@ -289,7 +290,7 @@ def _reviews(folder: Path, name: str, train_rows: int, eval_rows: int) -> DataSe
     return _write_config(folder, name, "\n".join(lines) + "\n", *_rows(data, "train.parquet", "eval.parquet"))
 
 
-def _reviews_table() -> "pa.Table":
+def _reviews_table() -> pa.Table:
     """The 23,486 reviews: label, product, its division/department/class, the reviewer's age, and the words (lower case)
     of the title and text as a list. The star rating is left out: it is the label in other words."""
     import numpy as np

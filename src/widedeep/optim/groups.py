@@ -8,9 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from widedeep.config import BATCH_SCALED_DEFAULTS
+from widedeep.config import BATCH_SCALED_DEFAULTS, OptimizerConfig, TrainConfig
 from widedeep.config import OPTIMIZER_DEFAULTS as DEFAULTS
-from widedeep.config import OptimizerConfig, TrainConfig
 from widedeep.model.tables import OffsetTable
 from widedeep.optim.ftrl import FTRL
 from widedeep.optim.lazy_adam import LazyAdam
