@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import statistics
 import sys
@@ -86,15 +85,11 @@ RULES = {
         Rule("before", lambda c: {"alpha": 0.2, "beta": 1e-3}, lambda c: {"lr": 0.05}, "FTRL alpha 0.2, beta 1e-3; AdaGrad lr 0.05"),
         Rule("gentle", lambda c: {"alpha": 0.05, "beta": 1.0}, lambda c: {"lr": 0.05}, "FTRL alpha 0.05, beta 1"),
         Rule("per_example", lambda c: {"alpha": 0.1, "beta": 1.0 / c.batch_size}, lambda c: {"lr": 0.05},
-             "FTRL alpha 0.1, beta 1/batch (per-example FTRL's beta 1)"),
+             "FTRL alpha 0.1, beta 1/batch (per-example FTRL's beta 1): chosen, the library's defaults now"),
         Rule("damped", lambda c: {"alpha": 0.05, "beta": 32.0 / c.batch_size}, lambda c: {"lr": 0.05},
              "FTRL alpha 0.05, beta 32/batch"),
         Rule("fast", lambda c: {"alpha": 0.5, "beta": 1.0 / c.batch_size}, lambda c: {"lr": 0.05},
              "FTRL alpha 0.5, beta 1/batch"),
-        Rule("fast_l2", lambda c: {"alpha": 0.5, "beta": 1.0 / c.batch_size, "l2": 1.0 / c.batch_size}, lambda c: {"lr": 0.05},
-             "FTRL alpha 0.5, beta 1/batch, l2 1/batch"),
-        Rule("sqrt_batch", lambda c: {"alpha": 0.2 * math.sqrt(c.batch_size / 1024), "beta": 1.0 / c.batch_size},
-             lambda c: {"lr": 0.05}, "FTRL alpha 0.2 sqrt(batch/1024), beta 1/batch"),
     )
 }  # fmt: skip
 CANDIDATES = tuple(n for n in RULES if n != "default")
