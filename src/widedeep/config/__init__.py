@@ -156,7 +156,7 @@ F, M, T = FeatureSpec, ModelConfig, TrainConfig
 # gradient). The values below hold at the default batch size; the keys of BATCH_SCALED_DEFAULTS scale as 1/batch_size
 # from there (widedeep.optim.groups.resolve_hyper_parameters), so FTRL's beta is 1/B: the per-example algorithm's beta 1.
 # Chosen over eight data sets and three batch sizes by benchmarks/defaults.py (docs/defaults.md): alpha 0.1 and beta 1/B
-# let wide & deep beat both of its halves on each; the former alpha 0.2, beta 1e-3 let one half win alone on some.
+# keep wide & deep at most 0.001 AUC below either half on each; the former alpha 0.2, beta 1e-3 fell 0.007 short on two.
 OPTIMIZER_DEFAULTS: dict[str, dict[str, float]] = {
     "ftrl": {"alpha": 0.1, "beta": 1.0 / TrainConfig.batch_size, "l1": 0.0, "l2": 0.0},
     "adagrad": {"lr": 0.05, "eps": 1e-10, "initial_accumulator_value": 0.0, "weight_decay": 0.0},
