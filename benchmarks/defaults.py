@@ -257,6 +257,7 @@ def main() -> None:
     for rule in rules:
         print(f"rule {rule.name}: {rule.note}")
     log = lambda text: print(text, file=sys.stderr, flush=True)
+    start = time.perf_counter()
     data_folder = ROOT / "runs" / ("sweep_data_smoke" if args.smoke else "sweep_data")
     datasets, results, skipped = {}, {}, {}
     for name in args.only:
@@ -292,6 +293,7 @@ def main() -> None:
         n = checks["normalization"]
         print(f"adult_plain normalization, rule {n['rule']} (W&D eval AUC): interpolated {n['interpolated']['auc']:.4f}, "
               f"bucket {n['bucket']['auc']:.4f}, difference {n['interpolated']['auc'] - n['bucket']['auc']:+.4f}")
+    print(f"took {time.perf_counter() - start:.0f} s")
     if args.json:
         from widedeep.atomic import write_text_atomic
         from widedeep.metrics import json_safe
