@@ -199,7 +199,11 @@ def test_part_files_roll_by_time_while_serving(tiny_model: Path, tmp_path: Path)
             while len(parts(folder)) < expect and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert len(parts(folder)) == expect  # written by the clock, not by the shutdown
-        assert 'widedeep_log_files_total{log="impressions"} 2' in client.get("/metrics").text
+        # The writer counts a file just after renaming it into place: give the count the same deadline.
+        counted = 'widedeep_log_files_total{log="impressions"} 2'
+        while counted not in client.get("/metrics").text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert counted in client.get("/metrics").text
     assert read_log(folder).num_rows == 4
 
 
