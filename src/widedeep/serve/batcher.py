@@ -116,7 +116,8 @@ class Batcher:
                     self._cond.notify_all()
         if item.error is not None:
             raise item.error
-        assert item.logits is not None
+        if item.logits is None:
+            raise RuntimeError(f"batched pass ended without scores for a request of {item.rows} rows (pass {self.passes})")
         return item.logits
 
     def close(self) -> None:
