@@ -145,6 +145,20 @@ def test_save_load_round_trip_is_exact_and_deterministic(fitted: FeatureSet, tin
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]  # no temp files left behind
 
 
+def test_feature_files_without_newer_keys_keep_their_old_meaning(fitted: FeatureSet) -> None:
+    """features.json written before the interpolated normalization and bucket embeddings: "bucket", and no embedding
+    (so a model trained then rebuilds with the same parameters)."""
+    doc = fitted.to_dict()
+    for f in doc["features"]:
+        if f["type"] == "continuous":
+            del f["normalization"], f["embed_buckets"]
+    old = FeatureSet.from_dict(doc)
+    assert [(f.normalization, f.embed_buckets) for f in old.features if f.type == "continuous"] == [("bucket", False)] * sum(
+        f.type == "continuous" for f in fitted.features
+    )
+    assert all(f.embed_buckets for f in fitted.features if f.type == "continuous")
+
+
 def test_load_errors_name_the_file(fitted: FeatureSet, tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad.json"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 import torch
@@ -184,10 +184,28 @@ def test_architecture_is_json_and_describes_the_model() -> None:
     arch = json.loads(json.dumps(model.architecture()))
     assert arch["type"] == "wide_deep"
     assert arch["parameters"]["total"] == sum(p.numel() for p in model.parameters())
-    # 4 single-valued embeddings (country 8, imp 4, user 8) + apps 8 + 4 dense columns
-    assert arch["deep"]["input_dim"] == 8 + 4 + 8 + 8 + 4
+    # single-valued embeddings (country 8, imp 4, user 8, the buckets of age 8 and price 8) + apps 8 + 4 dense columns
+    assert arch["deep"]["input_dim"] == 8 + 4 + 8 + 8 + 8 + 8 + 4
     assert arch["deep"]["hidden"] == [16, 8]
     assert arch["wide"]["rows"] == 1 + sum(Layout().cardinality[n] - 1 for n in WIDE)
+
+
+def test_continuous_features_embed_their_bucket_unless_told_not_to() -> None:
+    """A continuous deep feature enters as its value, its null flag and (by default) an embedding of its quantile bucket;
+    the bucket's embedding moves the logit when only the bucket id changes."""
+    torch.manual_seed(0)
+    model = WideDeep.build(config("deep"), Layout())
+    assert [(s.name, s.source, s.cardinality) for s in model.deep.slots if s.name in ("age", "price")] == [("age", "id", 13), ("price", "id", 8)]
+    with torch.no_grad():
+        for p in model.deep.tables.parameters():
+            p.normal_()
+    batch = make_batch(4, 0)
+    moved = batch.ids.clone()
+    moved[:, Layout().id_slots.index("age")] = moved[:, Layout().id_slots.index("age")] % 12 + 1
+    assert not torch.equal(model(batch), model(Batch(moved, batch.dense, batch.lists, batch.label)))
+    plain = Layout(features=tuple(replace(f, embed_buckets=False) if f.type == "continuous" else f for f in Layout().features))
+    assert WideDeep.build(config("deep"), plain).deep.in_dim == model.deep.in_dim - 16
+    assert not any(s.name in ("age", "price") for s in WideDeep.build(config("deep"), plain).deep.slots)
 
 
 def test_build_rejects_unknown_slots() -> None:
@@ -240,16 +258,17 @@ def test_embedding_layout_says_where_each_deep_id_lives() -> None:
         torch.testing.assert_close(model.deep.mlp(x), model.deep(b.ids, b.dense, lists), rtol=0, atol=0)
     params = dict(model.named_parameters())
     layout = {r.slot: r for r in model.embedding_layout()}
+    blocks = model.deep.layout
     for slot in [s for _, s, _ in model.deep.slot_rows if s.source == "id"]:
         r = layout[slot.name]
         want = params[r.param][b.ids[:, Layout.id_slots.index(slot.name)] + r.offset]
-        torch.testing.assert_close(x[:, model.deep.layout.columns({slot.name})], want.detach())
+        first = blocks.names.index(slot.name)  # a continuous feature's bucket embedding comes before its dense columns
+        torch.testing.assert_close(x[:, blocks.starts[first] : blocks.ends[first]], want.detach())
         assert r.cardinality == Layout().cardinality[slot.name]
     # single-valued slots table by table (d8, then d4), then pooled lists, then dense columns: every column once
-    layout = model.deep.layout
-    assert layout.names == ("country", "user", "imp", "apps", "age", "age", "price", "price")
-    assert layout.starts[0] == 0 and layout.starts[1:] == layout.ends[:-1] and layout.ends[-1] == model.deep.in_dim == x.shape[1]
-    torch.testing.assert_close(x[:, layout.columns({"age", "price"})], b.dense)
+    assert blocks.names == ("country", "user", "age", "price", "imp", "apps", "age", "age", "price", "price")
+    assert blocks.starts[0] == 0 and blocks.starts[1:] == blocks.ends[:-1] and blocks.ends[-1] == model.deep.in_dim == x.shape[1]
+    torch.testing.assert_close(x[:, -4:], b.dense)
 
 
 def test_builds_from_a_real_feature_set_and_trains(tiny_config) -> None:
@@ -274,7 +293,8 @@ def test_builds_from_a_real_feature_set_and_trains(tiny_config) -> None:
         first = first if first is not None else loss.item()
     assert loss.item() < first
     arch = model.architecture()
-    assert arch["deep"]["input_dim"] == 8 * 4 + 4  # 4 embedded features x 8 dims + age, age__null, price, price__null
+    # 4 embedded features and the buckets of age and price x 8 dims + age, age__null, price, price__null
+    assert arch["deep"]["input_dim"] == 8 * 6 + 4
     assert set(arch["wide"]["slots"]) == set(cfg.model.wide)
     assert 0.0 < model.wide_sparsity() < 1.0
 

@@ -13,14 +13,16 @@ from widedeep.model.wide_deep import WideDeep
 from widedeep.serve.network import TorchNetwork
 
 
-def _layout():
+def _layout(embed_buckets: bool = False):
+    """The split's mechanics are checked without bucket embeddings (the column counts below); with them in
+    test_bucket_embeddings_split_and_project_to_the_plain_forward."""
     feats = (
         FeatureSpec("country", "categorical", embedding_dim=4),
         FeatureSpec("installed", "categorical", multi_valued=True, pooling="mean"),
         FeatureSpec("app", "categorical"),
         FeatureSpec("user", "hashed", buckets=16, embedding_dim=4),
-        FeatureSpec("age", "continuous", column="user_age"),
-        FeatureSpec("price", "continuous"),
+        FeatureSpec("age", "continuous", column="user_age", embed_buckets=embed_buckets),
+        FeatureSpec("price", "continuous", embed_buckets=embed_buckets),
         FeatureSpec("tags", "hashed", multi_valued=True, buckets=8, pooling="sum"),
     )
     return SimpleNamespace(
@@ -33,8 +35,8 @@ def _layout():
     )
 
 
-def _model(seed: int = 0) -> tuple[WideDeep, SimpleNamespace]:
-    fs = _layout()
+def _model(seed: int = 0, embed_buckets: bool = False) -> tuple[WideDeep, SimpleNamespace]:
+    fs = _layout(embed_buckets)
     cfg = ModelConfig(
         wide=("country_x_app", "installed_x_app", "app"),
         deep=("installed", "app", "country", "user", "age", "price", "tags"),
@@ -130,6 +132,21 @@ def test_projected_slots_give_the_plain_forward(budget: int, mlp: str):
                 np.testing.assert_allclose(direct.numpy(), half.context_term(x0).numpy(), rtol=1e-5, atol=1e-6)
         got = net.with_context(half, None, ids, dense, lists)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("budget", [0, 1 << 20])
+def test_bucket_embeddings_split_and_project_to_the_plain_forward(budget: int):
+    """Continuous features with their bucket's embedding: projected or not, in the context or among the candidates."""
+    model, fs = _model(embed_buckets=True)
+    assert model.deep.layout.names.count("age") == 3  # the bucket's embedding, the value, the null flag
+    net = TorchNetwork(model, {f.source: f.name for f in fs.features}, project_bytes=budget)
+    assert ("age" in net.projected and "price" in net.projected) == (budget > 0)
+    ids, dense, lists = _request(30, np.random.default_rng(11), {0: 4, 3: 5})
+    want = reference(model, ids, dense, lists)
+    np.testing.assert_allclose(net(ids, dense, lists), want, rtol=1e-5, atol=1e-6)
+    for ctx in ({"country", "user_age"}, {"installed", "user_age"}):
+        half = net.context_half(frozenset(ctx))
+        np.testing.assert_allclose(net.with_context(half, None, ids, dense, lists), want, rtol=1e-5, atol=1e-6)
 
 
 def test_context_half_is_none_when_it_cannot_pay():

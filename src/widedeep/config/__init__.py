@@ -38,6 +38,7 @@ class FeatureSpec:
     buckets: int = 0  # hashed: number of hash buckets
     quantiles: int = 100  # continuous: the paper's n_q
     normalization: Literal["interpolated", "bucket"] = "interpolated"  # continuous: see widedeep.features.quantile
+    embed_buckets: bool = True  # continuous: the deep part also embeds the value's quantile bucket
     embedding_dim: int = 0  # 0 = model.embedding_dim
     pooling: Literal["mean", "sum"] = "mean"  # multi-valued pooling in the deep part
 
@@ -167,7 +168,7 @@ BATCH_SCALED_DEFAULTS: dict[str, tuple[str, ...]] = {"ftrl": ("beta", "l1", "l2"
 
 
 _FEATURE_KEYS = {
-    "continuous": ("type", "column", "embedding_dim", "quantiles", "normalization"),
+    "continuous": ("type", "column", "embedding_dim", "quantiles", "normalization", "embed_buckets"),
     "categorical": ("type", "column", "embedding_dim", "multi_valued", "delimiter", "pooling", "min_count", "max_size"),
     "hashed": ("type", "column", "embedding_dim", "multi_valued", "delimiter", "pooling", "buckets"),
 }
@@ -204,7 +205,12 @@ def _feature(name: str, table: Any, file: Path) -> FeatureSpec:
         q = r.get("quantiles", int, F.quantiles)
         if q < 2:
             r.fail(f"must be >= 2, got {q}", "quantiles")
-        spec = _replace(spec, quantiles=q, normalization=r.get("normalization", str, F.normalization, choices=("interpolated", "bucket")))
+        spec = _replace(
+            spec,
+            quantiles=q,
+            normalization=r.get("normalization", str, F.normalization, choices=("interpolated", "bucket")),
+            embed_buckets=r.get("embed_buckets", bool, F.embed_buckets),
+        )
     else:
         multi = r.get("multi_valued", bool, F.multi_valued)
         spec = _replace(

@@ -80,8 +80,9 @@ def from_dict(cls: type[FeatureSet], d: Mapping[str, Any]) -> FeatureSet:
     for item in d["features"]:
         item = dict(item)
         states[item["name"]] = (item.pop("vocabulary", None), item.pop("quantiles_state", None))
-        if item.get("type") == "continuous":  # files without the key predate "interpolated"
+        if item.get("type") == "continuous":  # files without these keys predate "interpolated" and bucket embeddings
             item.setdefault("normalization", "bucket")
+            item.setdefault("embed_buckets", False)
         extra = set(item) - known
         if extra:
             raise ValueError(f"feature {item.get('name')!r} has unknown keys {sorted(extra)}")

@@ -60,7 +60,7 @@ class MLP(nn.Module):
 class InputLayout:
     """Which columns of the deep input each deep feature fills, in the order `Deep.inputs` concatenates them: single-valued
     slots table by table, then pooled list slots table by table, then dense columns (a continuous feature fills two: its
-    value and its null flag)."""
+    value and its null flag, after its bucket's embedding among the single-valued slots when it has one)."""
 
     names: tuple[str, ...]  # the deep feature of each column block
     starts: tuple[int, ...]

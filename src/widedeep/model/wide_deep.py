@@ -81,8 +81,11 @@ class WideDeep(nn.Module):
                         dense_cols.append(fs.dense_names.index(col))
                         dense_names.append(col)
                         dense_features.append(name)
-                    continue
                 dim = spec.embedding_dim or model_cfg.embedding_dim
+                if spec.type == "continuous":
+                    if spec.embed_buckets:  # the quantile bucket's id slot, beside the value: a shape the MLP need not learn
+                        slots.append(EmbeddingSlot(name, "id", id_index[name], size(name), dim))
+                    continue
                 if name in id_index:
                     slots.append(EmbeddingSlot(name, "id", id_index[name], size(name), dim, spec.pooling))
                 elif name in list_index:

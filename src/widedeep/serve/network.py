@@ -40,7 +40,9 @@ class Projection:
     def __init__(self, deep: Deep, first: nn.Linear, budget_bytes: int):
         w = first.weight.detach()  # (H, D + pad)
         layout = deep.layout
-        spans = {n: (a, b) for n, a, b in zip(layout.names, layout.starts, layout.ends)}
+        spans: dict[str, tuple[int, int]] = {}  # each slot's embedding columns: a continuous feature's bucket embedding
+        for n, a, b in zip(layout.names, layout.starts, layout.ends):  # comes before its dense value and null flag
+            spans.setdefault(n, (a, b))
         candidates = sorted((s.cardinality, s.name, key, s, off) for key, s, off in deep.slot_rows if s.source == "id")
         blocks, at = [], 0
         self.slots: dict[str, tuple[int, int, int, int]] = {}  # name -> (ids column, row offset here, first, end input col)
