@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import make_log
-from test_features_small import features, identical, records
+from test_features_small import TOKENS, features, identical, records
 
 from widedeep.config import load
 from widedeep.features.columnar import Rows
@@ -109,6 +109,66 @@ def test_columns_of_other_lengths_or_not_lists_name_the_column(fitted: FeatureSe
     with pytest.raises(FeatureError, match="expected a list of values") as e:
         fitted.transform_columns({}, {**cols, "x": 3.5})
     assert e.value.field == "x"
+
+
+def test_the_plan_encodes_usual_requests_itself(fitted: FeatureSet) -> None:
+    # every context value (None, "", an integer, OOV) through the context's ids and its cross c_h as Python ints; the
+    # general path (with the context given as a column of one value) is the reference
+    recs = records(60, 9)
+    cols = {"c": [r["c"] for r in recs], "x": [r["x"] for r in recs]}  # with None and NaN among the numbers
+    for value in TOKENS:
+        context = {"c": value, "tags": ["a", None], "h": value, "hl": [value, "zzz"], "x": 2.5}
+        for given in (cols, {k: v for k, v in cols.items() if k != "c"}):
+            plan = fitted._plan(given)
+            got = plan.encode(fitted, {**context, **{k: None for k in given}}, given, 60, True)
+            assert got is not None, (value, list(given))
+            rows = [{**context, **{k: v[i] for k, v in given.items()}} for i in range(60)]
+            identical(got, fitted.transform_records(rows))
+            identical(fitted.transform_columns(context, given), got)
+
+
+def test_the_plan_leaves_other_values_to_the_general_path(fitted: FeatureSet) -> None:
+    cols = columns_of(records(20, 10))
+    plan = fitted._plan(cols)
+    assert plan.encode(fitted, {}, cols, 20, True) is not None
+    for name, value in [("x", True), ("x", "3"), ("x", 2**60), ("c", 1.5), ("c", True), ("h", ["a"])]:
+        bad = {**cols, name: [value, *cols[name][1:]]}
+        assert plan.encode(fitted, {}, bad, 20, True) is None, (name, value)
+    for name, value in [("x", 2**40), ("c", 42), ("x", 1e300), ("x", -np.inf)]:  # converted exactly, or left to Arrow
+        other = {**cols, name: [*cols[name][:-1], value]}
+        identical(fitted.transform_columns({}, other), fitted.transform_records([dict(zip(other, r)) for r in zip(*other.values())]))
+    ctx = {k: v[0] for k, v in cols.items() if k in ("c", "h")}
+    rest = {k: v for k, v in cols.items() if k not in ctx}
+    assert fitted._plan(rest).encode(fitted, {"c": "a"}, rest, 20, True) is None  # "h" missing: strict raises, else None
+    with pytest.raises(FeatureError, match="record 0 has no field 'h'"):
+        fitted.transform_columns({"c": "a"}, rest)
+    lenient = fitted.transform_columns({"c": "a"}, rest, strict=False)
+    assert (lenient.ids[:, fitted.id_slots.index("h")] == 1).all()
+
+
+def test_a_refit_remakes_the_plan() -> None:
+    fs = features()
+    table = {"tags": [["a"]] * 3, "h": ["a"] * 3, "hl": [[]] * 3, "x": [1.0, 2.0, 3.0]}
+    cols = {"c": ["a", "b"], "x": [1.0, 3.0]}
+    context = {"tags": ["a"], "h": "a", "hl": []}
+    fs.fit(pa.table({"c": ["a", "b", "b"], **table}))
+    assert fs.transform_columns(context, cols).ids[:, 0].tolist() == [4, 3]  # b is more frequent
+    fs.fit(pa.table({"c": ["a", "a", "b"], **{**table, "x": [10.0, 20.0, 30.0]}}))
+    enc = fs.transform_columns(context, cols)
+    assert enc.ids[:, 0].tolist() == [3, 4] and enc.dense[0, 0] == 0.0  # 1.0 is below the new minimum
+    fs.vocabs_["c"] = type(fs.vocabs_["c"]).from_dict({"tokens": ["b", "a"], "counts": [2, 1]})  # replaced in place
+    assert fs.transform_columns(context, cols).ids[:, 0].tolist() == [4, 3]
+
+
+def test_one_candidate_and_a_memo_that_starts_over(fitted: FeatureSet, monkeypatch: pytest.MonkeyPatch) -> None:
+    import widedeep.features.small as small_mod
+
+    recs = records(80, 12)
+    expected = fitted.transform_records(recs)
+    monkeypatch.setattr(small_mod, "MEMO_LIMIT", 4)
+    for i in (0, 5, 79):
+        identical(fitted.transform_columns({}, columns_of(recs[i : i + 1])), fitted.transform_records(recs[i : i + 1]))
+    identical(fitted.transform_columns({}, columns_of(recs)), expected)
 
 
 def test_rows_show_columns_as_records() -> None:

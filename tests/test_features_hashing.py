@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from widedeep.features.hashing import bucket, combine, hash_ints, hash_strings, splitmix64
+from widedeep.features.hashing import bucket, combine, combine_int, hash_ints, hash_string, hash_strings, splitmix64, splitmix64_int
 
 M64 = (1 << 64) - 1
 
@@ -67,6 +67,17 @@ def test_combine_and_bucket_golden() -> None:
     assert int(splitmix64(np.array([0], np.uint64))[0]) == 0xE220A8397B1DCDAF
     assert int(hash_ints(np.array([5]), 1)[0]) == int(hash_ints(np.array([5]), 1)[0])
     assert hash_ints(np.array([5]), 1)[0] != hash_ints(np.array([5]), 2)[0]
+
+
+def test_python_int_versions_equal_the_array_versions() -> None:
+    rng = np.random.default_rng(5)
+    a = np.concatenate([rng.integers(0, 2**63, 500, dtype=np.uint64) * np.uint64(2) + np.uint64(1),
+                        np.array([0, 1, 2**64 - 1], np.uint64)])  # fmt: skip
+    b = a[::-1].copy()
+    assert [splitmix64_int(int(x)) for x in a] == splitmix64(a).tolist()
+    assert [combine_int(int(x), int(y)) for x, y in zip(a, b)] == combine(a, b).tolist()
+    words = ["", "a", "us", "é", "app1" * 20]
+    assert [hash_string(w) for w in words] == hash_strings(pa.array(words)).tolist()
 
 
 def test_bucket_ids_in_range() -> None:

@@ -191,7 +191,7 @@ def record_values(records: Sequence[Mapping[str, Any]], name: str, strict: bool 
         raise FeatureError(name, "records must be mappings of field name to value") from None
 
 
-_EXACT_INT = 1 << 53  # Arrow refuses to cast larger integers to float64; such values take the Arrow path and its error
+EXACT_INT = 1 << 53  # Arrow refuses to cast larger integers to float64; such values take the Arrow path and its error
 
 
 def small_floats(values: list) -> np.ndarray | None:
@@ -201,7 +201,7 @@ def small_floats(values: list) -> np.ndarray | None:
     if not kinds <= {float, int}:
         return None
     x = np.fromiter(values, np.float64, len(values))
-    if int in kinds and len(x) and not (np.abs(x[~np.isnan(x)]) < _EXACT_INT).all():
+    if int in kinds and len(x) and not (np.abs(x[~np.isnan(x)]) < EXACT_INT).all():
         return None
     return x
 
@@ -214,7 +214,7 @@ def column(values: list, kind: Kind, name: str) -> pa.Array:
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
             bad = next(((i, v) for i, v in enumerate(values) if not _number(v)), None)
             if bad is None:  # all numbers: an integer too large for float64
-                i, v = next((i, v) for i, v in enumerate(values) if isinstance(v, int) and abs(v) >= _EXACT_INT)
+                i, v = next((i, v) for i, v in enumerate(values) if isinstance(v, int) and abs(v) >= EXACT_INT)
                 raise FeatureError(name, f"record {i}: the integer {v} is too large to be a number here (|x| < 2**53)") from None
             i, v = bad
             raise FeatureError(name, f"record {i}: expected a number, got {type(v).__name__} {v!r}") from None

@@ -10,7 +10,6 @@ unknown categorical values are not errors (they get the OOV id).
 from __future__ import annotations
 
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -21,35 +20,18 @@ from widedeep.config import Config, CrossSpec, FeatureSpec
 from widedeep.features import columns as C
 from widedeep.features.columnar import column_length, column_values
 from widedeep.features.columns import FeatureError
-from widedeep.features.cross import Tokens, cross, fill_rows, repeat_ragged
-from widedeep.features.encoded import Encoded
+from widedeep.features.cross import Tokens, cross, fill_rows
+from widedeep.features.encoded import Column, Encoded
+from widedeep.features.hashing import BUCKET_SALT as _BUCKET_SALT  # the name persist.py imports
 from widedeep.features.hashing import bucket, hash_ints, hash_strings
+from widedeep.features.plan import PLANS_LIMIT, RequestPlan
 from widedeep.features.quantile import Quantiles
 from widedeep.features.small import BLOCKS_LIMIT, FloatBlock, TokenMemo, list_tokens
 from widedeep.features.vocab import Vocabulary
 
 FORMAT, VERSION = "widedeep.features", 1
-_BUCKET_SALT = 0x7175616E74  # salts the hash of a quantile-bucket id when a continuous feature enters a cross
 _STACK_ROWS = 16384  # rows per block of _stack_columns
 SMALL_BATCH = 4096  # records up to this many skip Arrow: token ids come from a memo of this transform's own ids
-
-
-@dataclass
-class _Col:
-    """One encoded feature over n rows (ids for a scalar, ragged element ids for a list), plus what crosses need."""
-
-    ids: np.ndarray
-    offsets: np.ndarray | None = None
-    dense: tuple[np.ndarray, np.ndarray] | None = None  # (normalized value, null indicator), float32
-    tokens: Tokens | None = None
-
-    def repeat(self, n: int) -> "_Col":
-        if self.offsets is None:
-            ids, off = np.repeat(self.ids, n), None
-        else:
-            ids, off = repeat_ragged(self.ids, self.offsets, n)
-        dense = None if self.dense is None else (np.repeat(self.dense[0], n), np.repeat(self.dense[1], n))
-        return _Col(ids, off, dense, None if self.tokens is None else self.tokens.repeat(n))
 
 
 def _kind(f: FeatureSpec) -> C.Kind:
@@ -168,6 +150,7 @@ class FeatureSet:
         self.rows_, self.info_, self._dirty = 0, {}, True
         self._memos: dict[str, TokenMemo] = {}
         self._blocks: dict[tuple[str, ...], FloatBlock] = {}
+        self._plans: dict[tuple[str, ...], RequestPlan] = {}
         return self
 
     def fit(self, batches: Iterable[pa.Table | pa.RecordBatch] | pa.Table | pa.RecordBatch) -> "FeatureSet":
@@ -219,7 +202,7 @@ class FeatureSet:
                 v.finalize()
             for q in self.quantiles_.values():
                 q.finalize()
-            self._memos, self._blocks, self._dirty = {}, {}, False
+            self._memos, self._blocks, self._plans, self._dirty = {}, {}, {}, False
 
     # ---- transforming ------------------------------------------------------------------------------------------------
 
@@ -276,7 +259,10 @@ class FeatureSet:
         n = column_length(columns)
         if n == 0:
             return self.transform_records([])
-        # The context's continuous values join the columns' in one FloatBlock (a row repeated costs less than a block).
+        encoded = self._plan(columns).encode(self, context, columns, n, strict)
+        if encoded is not None:
+            return encoded
+        # The general path. The context's continuous values join the columns' in one FloatBlock.
         ctx = [f for f in self.features if f.source not in columns and f.type != "continuous"]
         cols = self._context(context, ctx, n, strict)
 
@@ -286,6 +272,16 @@ class FeatureSet:
         rest = [f for f in self.features if f.source in columns or f.type == "continuous"]
         cols.update(self._encode_values(rest, values_of, n))
         return self._assemble(cols, n, None)
+
+    def _plan(self, columns: Mapping[str, Any]) -> RequestPlan:
+        """The plan of requests with these columns (made on first use; remade if the fitted state changed since)."""
+        key = tuple(columns)
+        plan = self._plans.get(key)
+        if plan is None or not plan.valid(self):
+            if len(self._plans) >= PLANS_LIMIT:
+                self._plans = {}
+            plan = self._plans[key] = RequestPlan(self, {s for s in self.input_columns if s in columns})
+        return plan
 
     def _encode_records(self, records: Sequence[Mapping[str, Any]], feats: Sequence[FeatureSpec], strict: bool) -> dict:
         if len(records) > SMALL_BATCH:
@@ -299,7 +295,7 @@ class FeatureSet:
 
     def _encode_values(
         self, feats: Sequence[FeatureSpec], values_of: Callable[[str], list], n: int | None = None
-    ) -> dict[str, _Col]:
+    ) -> dict[str, Column]:
         """Features from their Python values (a list per source column, or one value to repeat over `n` rows): the memo
         and numpy where they can, else the Arrow path, which raises the first error in feature order. The continuous
         features go through one FloatBlock."""
@@ -320,7 +316,7 @@ class FeatureSet:
             out.update(self._encode_floats(floats, len(floats[0][1]) if n is None else n))
         return out
 
-    def _encode_floats(self, floats: list[tuple[FeatureSpec, np.ndarray]], n: int) -> dict[str, _Col]:
+    def _encode_floats(self, floats: list[tuple[FeatureSpec, np.ndarray]], n: int) -> dict[str, Column]:
         """`_encode_continuous` of several features at once (small.FloatBlock: the same values, fewer numpy calls); a
         single value is repeated over the `n` rows."""
         names = tuple(f.name for f, _ in floats)
@@ -337,10 +333,10 @@ class FeatureSet:
         out = {}
         for j, (f, _) in enumerate(floats):
             tokens = Tokens(hash_ints(i[j], _BUCKET_SALT), None, null[j]) if f.name in self._in_cross else None
-            out[f.name] = _Col(ids[j], None, (value[j], flags[j]), tokens)
+            out[f.name] = Column(ids[j], None, (value[j], flags[j]), tokens)
         return out
 
-    def _encode_small(self, f: FeatureSpec, values: list) -> _Col | None:
+    def _encode_small(self, f: FeatureSpec, values: list) -> Column | None:
         """`_encode` of Python token values through the feature's memo (small.py); None where the Arrow path must run."""
         want_tokens = f.name in self._in_cross
         memo = self._memo(f)
@@ -349,7 +345,7 @@ class FeatureSet:
             if found is None:
                 return None
             ids, h = found
-            return _Col(ids, None, None, Tokens(h, None, ids == 1) if want_tokens else None)
+            return Column(ids, None, None, Tokens(h, None, ids == 1) if want_tokens else None)
         parts = list_tokens(values)
         found = None if parts is None else memo.lookup(parts[0], want_tokens)
         if found is None:
@@ -363,7 +359,7 @@ class FeatureSet:
         offsets = np.zeros(len(values) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
         out, out_off = fill_rows(ids, offsets, null, np.int32(1))
-        return _Col(out, out_off, None, Tokens(h, offsets, null) if want_tokens else None)
+        return Column(out, out_off, None, Tokens(h, offsets, null) if want_tokens else None)
 
     def _memo(self, f: FeatureSpec) -> TokenMemo:
         key = self.vocabs_[f.name].tokens_ if f.type == "categorical" else None  # a hashed feature's ids never change
@@ -381,7 +377,7 @@ class FeatureSet:
             uniq[empty] = 1
         return uniq, h
 
-    def _encode(self, f: FeatureSpec, col: pa.ChunkedArray | pa.Array) -> _Col:
+    def _encode(self, f: FeatureSpec, col: pa.ChunkedArray | pa.Array) -> Column:
         """Ids (and dense values, and token hashes when a cross needs them) of one feature."""
         want_tokens = f.name in self._in_cross
         if f.type == "continuous":
@@ -396,12 +392,12 @@ class FeatureSet:
             # A trailing sentinel lets index -1 (a null row) pick id 1 and hash 0 without a mask pass.
             ids = np.append(uniq, np.int32(1))[s.indices]
             tokens = Tokens(np.append(h, np.uint64(0))[s.indices], None, ids == 1) if want_tokens else None
-            return _Col(ids, None, None, tokens)
+            return Column(ids, None, None, tokens)
         ids, out_off = fill_rows(uniq[s.indices], offsets, lists.null, np.int32(1))
         tokens = Tokens(h[s.indices], offsets, lists.null) if want_tokens else None
-        return _Col(ids.astype(np.int32, copy=False), out_off, None, tokens)
+        return Column(ids.astype(np.int32, copy=False), out_off, None, tokens)
 
-    def _encode_continuous(self, f: FeatureSpec, x: np.ndarray) -> _Col:
+    def _encode_continuous(self, f: FeatureSpec, x: np.ndarray) -> Column:
         """Bucket id, normalized value and null flag of a continuous feature from float64 values (NaN = missing)."""
         null = np.isnan(x)
         q = self.quantiles_[f.name]
@@ -411,22 +407,22 @@ class FeatureSet:
         value = q.normalize(x, i)
         value[null] = 0.0
         tokens = Tokens(hash_ints(i, _BUCKET_SALT), None, null) if f.name in self._in_cross else None
-        return _Col(ids, None, (value, null.astype(np.float32)), tokens)
+        return Column(ids, None, (value, null.astype(np.float32)), tokens)
 
-    def _add_crosses(self, cols: dict[str, _Col], crosses: Sequence[CrossSpec], pool: Executor | None = None) -> None:
+    def _add_crosses(self, cols: dict[str, Column], crosses: Sequence[CrossSpec], pool: Executor | None = None) -> None:
         crossed = _map(pool, lambda c: cross([cols[name].tokens for name in c.columns], c.buckets), crosses)
         for c, out in zip(crosses, crossed):
-            cols[c.name] = _Col(out, None) if isinstance(out, np.ndarray) else _Col(out[0], out[1])
+            cols[c.name] = Column(out, None) if isinstance(out, np.ndarray) else Column(out[0], out[1])
 
-    def _context(self, context: Mapping[str, Any], feats: Sequence[FeatureSpec], n: int, strict: bool) -> dict[str, _Col]:
+    def _context(self, context: Mapping[str, Any], feats: Sequence[FeatureSpec], n: int, strict: bool) -> dict[str, Column]:
         """The context's features, and the crosses among them, encoded once and repeated over a request's n rows."""
         cols = self._encode_records([context], feats, strict)
         self._add_crosses(cols, [c for c in self.crosses if all(name in cols for name in c.columns)])
         later = {name for c in self.crosses if c.name not in cols for name in c.columns}  # crosses with candidate fields
-        return {k: (c if k in later else _Col(c.ids, c.offsets, c.dense)).repeat(n) for k, c in cols.items()}
+        return {k: (c if k in later else Column(c.ids, c.offsets, c.dense)).repeat(n) for k, c in cols.items()}
 
     def _assemble(
-        self, cols: dict[str, _Col], n: int, label: np.ndarray | None, pool: Executor | None = None
+        self, cols: dict[str, Column], n: int, label: np.ndarray | None, pool: Executor | None = None
     ) -> Encoded:
         self._add_crosses(cols, [c for c in self.crosses if c.name not in cols], pool)
         dense_cols = [cols[f.name].dense for f in self.features if f.type == "continuous"]
