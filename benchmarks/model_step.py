@@ -53,7 +53,7 @@ class SyntheticLayout:
         }
         self.features = tuple(
             [FeatureSpec(c, "categorical") for c in cats]
-            + [FeatureSpec(c, "continuous") for c in conts]
+            + [FeatureSpec(c, "continuous", embed_buckets=False) for c in conts]  # the paper's deep input: values only
             + [FeatureSpec(name, "categorical", multi_valued=True) for name in self.list_slots]
         )
 

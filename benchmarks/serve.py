@@ -57,7 +57,7 @@ RECONNECT = 20  # requests per connection in the throughput runs: 4 long-lived c
 
 def paper_model(out: Path, rows: int, hidden: tuple[int, ...] = (1024, 512, 256), seed: int = 0) -> Path:
     """An untrained paper-configuration model directory fitted on `rows` synthetic Criteo-like rows."""
-    cfg = criteo_like_config("unused.parquet", out=str(out.parent))
+    cfg = criteo_like_config("unused.parquet", out=str(out.parent), embed_buckets=False)  # the paper's deep input
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, embedding_dim=32, hidden=hidden))
     table = pa.concat_tables(criteo_like(rows, seed=seed))
     fs = FeatureSet.from_config(cfg).fit(table)

@@ -54,7 +54,7 @@ BOUND_BLOCK = 5  # steps per timed block of the MLP bounds
 def paper_config(work: Path, rows: int, out: str, bf16: str, eval_every: int, shape: dict = PAPER):  # -> Config
     from widedeep.datasets.criteo_like import criteo_like_config
 
-    cfg = criteo_like_config(work / f"train-{rows}.parquet", work / "eval.parquet", work / out)
+    cfg = criteo_like_config(work / f"train-{rows}.parquet", work / "eval.parquet", work / out, embed_buckets=False)
     return replace(
         cfg,
         data=replace(cfg.data, prepared=str(work / f"prepared-{rows}")),

@@ -92,13 +92,14 @@ def write_criteo_like(path: str | Path, n_rows: int, seed: int = 0) -> Path:
     return path
 
 
-def criteo_like_toml(train: str, eval: str = "", out: str = "runs/criteo_like") -> str:
-    """The config of the benchmark: 26 categorical + 13 continuous features, crosses C1 x C2 and C3 x C4 (1M buckets)."""
+def criteo_like_toml(train: str, eval: str = "", out: str = "runs/criteo_like", embed_buckets: bool = True) -> str:
+    """The config of the benchmark: 26 categorical + 13 continuous features, crosses C1 x C2 and C3 x C4 (1M buckets).
+    `embed_buckets=False` gives the paper's deep input: continuous features as their values only."""
     lines = ["[data]", f"train = {str(train)!r}", f"eval = {str(eval)!r}" if eval else "", 'label = "clicked"', ""]
     for j in range(1, 27):
         lines += [f"[features.C{j}]", 'type = "categorical"', "min_count = 2", ""]
     for j in range(1, 14):
-        lines += [f"[features.I{j}]", 'type = "continuous"', "quantiles = 100", ""]
+        lines += [f"[features.I{j}]", 'type = "continuous"', "quantiles = 100"] + ([] if embed_buckets else ["embed_buckets = false"]) + [""]
     for a, b in (("C1", "C2"), ("C3", "C4")):
         lines += [f"[crosses.{a}_x_{b}]", f'columns = ["{a}", "{b}"]', "buckets = 1000000", ""]
     cats = ", ".join(f'"C{j}"' for j in range(1, 27))
@@ -108,7 +109,9 @@ def criteo_like_toml(train: str, eval: str = "", out: str = "runs/criteo_like") 
     return "\n".join(lines) + "\n"
 
 
-def criteo_like_config(train: str | Path, eval: str | Path = "", out: str | Path = "runs/criteo_like") -> Config:
+def criteo_like_config(
+    train: str | Path, eval: str | Path = "", out: str | Path = "runs/criteo_like", embed_buckets: bool = True
+) -> Config:
     """A validated Config for the benchmark schema (use absolute paths, or paths relative to the current folder)."""
-    text = criteo_like_toml(str(train), str(eval) if eval else "", str(out))
+    text = criteo_like_toml(str(train), str(eval) if eval else "", str(out), embed_buckets)
     return from_dict(tomllib.loads(text), Path.cwd() / "criteo_like.toml")
