@@ -1,11 +1,13 @@
 """Cross-request batching: the candidates of ranking requests that wait together are scored in one pass of the network.
 
 As TF Serving's batcher and Triton's dynamic batcher, with a bounded queue. Each request is parsed and transformed in its
-own thread and then queued; a thread that finds no pass running takes what is waiting (first come first, up to
-`max_candidates` rows; a larger request goes alone), scores it in one pass and hands each request its own logits, while
-the other threads wait for theirs. `max_delay_us` is how long that thread waits for more requests before the pass; the
-default 0 scores what is already waiting and never waits, so a lone request is scored at once on its own thread, exactly
-as without batching. Past `max_queue` waiting requests a request is refused with 503 (try again).
+own thread and then queued. Up to `passes` passes run at once (default: one per core): a thread that finds a slot free
+scores at once what is waiting (first come first, up to `max_candidates` rows; a larger request goes alone), its own
+request among them, and hands each request its own logits; the others wait in the queue, and a finishing pass hands its
+slot to the thread of the first of them, which takes every request that has queued meanwhile. So requests share a pass
+only when every slot is busy, i.e. when the cores are: a lone request, or a few on idle cores, is scored at once on its
+own thread, exactly as without batching. `max_delay_us` is how long a pass waits for more requests before it starts (the
+default 0 never waits). Past `max_queue` waiting requests a request is refused with 503 (try again).
 
 Each request keeps its own context: the context half of the first MLP layer (W_u u + b, network.ContextHalf) is computed
 per request and broadcast to that request's rows only. Requests whose contexts name different columns (a different
@@ -15,6 +17,7 @@ ContextHalf) go in separate passes. A pass that fails is retried request by requ
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -43,8 +46,11 @@ class Batching:
     max_candidates: int = MAX_BATCH_CANDIDATES  # rows in one pass (a request with more is scored alone)
     max_delay_us: int = MAX_QUEUE_DELAY_US  # wait this long for more requests before a pass; 0: never wait
     max_queue: int = BATCH_QUEUE  # requests waiting to be scored; more get 503
+    passes: int = 0  # passes running at once; 0: one per core this process may run on
 
     def __post_init__(self) -> None:
+        if self.passes < 0:
+            raise ValueError(f"passes must be >= 0 (0: one per core), got {self.passes}")
         for name in ("max_candidates", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -60,6 +66,8 @@ class _Waiting:
     dense: np.ndarray  # (n, C) float32
     lists: list[np.ndarray]  # (n, L_j) int64, 0-padded
     context_columns: frozenset[str] | None  # the input columns its context holds (None: every row on its own)
+    wake: threading.Condition  # its thread waits here: for its answer, or for a pass slot handed to it
+    lead: bool = False  # its thread holds a pass slot
     logits: np.ndarray | None = None
     error: BaseException | None = None
     done: bool = False
@@ -76,49 +84,74 @@ class Batcher:
         self.scorer, self.batching = scorer, batching
         self.network = scorer.network
         self._list_slots = tuple(scorer.features.list_slots)
-        self._cond = threading.Condition()
-        self._queue: deque[_Waiting] = deque()
-        self._busy = False  # a thread is scoring a pass
+        self._lock = threading.Lock()
+        self._filling = threading.Condition(self._lock)  # a pass waiting max_delay_us for more requests
+        self._queue: deque[_Waiting] = deque()  # requests no pass has taken yet, first come first
+        self.max_passes = batching.passes or len(os.sched_getaffinity(0))
+        self._running = 0  # pass slots held (threads scoring, or handed a slot and about to)
         self._pool = ThreadPoolExecutor(scorer.threads - 1, thread_name_prefix="widedeep-batch") if scorer.threads > 1 else None
         self.passes = self.requests = 0  # so far; requests / passes is the mean number of requests in a pass
 
     def logits(self, enc: Encoded, context_columns: frozenset[str] | None) -> np.ndarray:
-        """Logits (N,) of one request's encoded rows, scored in a pass shared with the requests waiting beside it."""
+        """Logits (N,) of one request's encoded rows, scored in a pass shared with the requests waiting beside it.
+
+        A thread that finds a pass slot free scores a pass at once; else its request waits in the queue until a pass
+        takes it (the thread is woken once, with its answer) or a finishing pass hands the slot on to it (the queue's
+        head). Each thread is woken only for its own request: no thread runs just to find it has nothing to do."""
         item = _Waiting(
             np.ascontiguousarray(enc.ids, dtype=np.int64),
             np.ascontiguousarray(enc.dense, dtype=np.float32),
             [pad_ragged(*enc.lists[name]) for name in self._list_slots],
             context_columns,
+            threading.Condition(self._lock),
         )
-        with self._cond:
+        with self._lock:
             if len(self._queue) >= self.batching.max_queue:
                 raise RequestError("", f"the scoring queue is full ({self.batching.max_queue} requests); try again", 503)
             self._queue.append(item)
-            if self._busy and self.batching.max_delay_us:
-                self._cond.notify_all()  # a thread waiting to fill its pass sees the new rows
-        while True:
-            with self._cond:
-                while self._busy and not item.done:
-                    self._cond.wait()
-                if item.done:
-                    break
-                self._busy = True
-                batch = self._take()
+            if self._running < self.max_passes:
+                self._running += 1
+                item.lead = True
+            elif self.batching.max_delay_us:
+                self._filling.notify_all()  # a pass waiting to fill sees the new rows
             try:
-                self._score(batch)
+                while not item.done:
+                    if not item.lead:
+                        item.wake.wait()
+                        continue
+                    batch = self._take()
+                    if not batch:  # a pass beside this one took this request: wait for it as any other
+                        self._hand_on(item)
+                        continue
+                    self._lock.release()
+                    try:
+                        self._score(batch)
+                    finally:
+                        self._lock.acquire()
+                        for waiting in batch:
+                            waiting.done = True
+                            waiting.wake.notify()
+                        self.passes += 1
+                        self.requests += len(batch)
             finally:
-                with self._cond:
-                    for waiting in batch:
-                        waiting.done = True
-                    self._busy = False
-                    self.passes += 1
-                    self.requests += len(batch)
-                    self._cond.notify_all()
+                if item.lead:
+                    self._hand_on(item)
         if item.error is not None:
             raise item.error
         if item.logits is None:
             raise RuntimeError(f"batched pass ended without scores for a request of {item.rows} rows (pass {self.passes})")
         return item.logits
+
+    def _hand_on(self, item: _Waiting) -> None:
+        """`item`'s thread gives up its pass slot: to the thread of the first waiting request that holds none (woken to
+        score the next pass), or back to the pool when none waits. Called holding the lock."""
+        item.lead = False
+        nxt = next((w for w in self._queue if not w.lead), None)
+        if nxt is None:
+            self._running -= 1
+        else:
+            nxt.lead = True
+            nxt.wake.notify()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -127,13 +160,16 @@ class Batcher:
     # -- one pass ----------------------------------------------------------------------------------------------------
 
     def _take(self) -> list[_Waiting]:
-        """The requests of the next pass, first come first, up to max_candidates rows (at least one request); with
-        max_delay_us, first wait that long for the queue to fill. Called holding the lock."""
+        """The requests of the next pass, first come first, up to max_candidates rows; with max_delay_us, first wait
+        that long for the queue to fill. Empty if the queue is (a pass beside this one took what waited). Called
+        holding the lock."""
         limit = self.batching.max_candidates
         if self.batching.max_delay_us:
             deadline = time.monotonic() + self.batching.max_delay_us / 1e6
             while sum(w.rows for w in self._queue) < limit and (left := deadline - time.monotonic()) > 0:
-                self._cond.wait(left)
+                self._filling.wait(left)
+        if not self._queue:
+            return []
         batch = [self._queue.popleft()]
         rows = batch[0].rows
         while self._queue and rows + self._queue[0].rows <= limit:

@@ -122,8 +122,10 @@ class Scorer:
         project_bytes: int = PROJECT_BYTES,
         precision: str = "fp32",
         tuning: Tuning | None = None,
+        cores: int | None = None,
     ) -> Scorer:
-        """A Scorer over an already loaded Model (see `load` for the arguments)."""
+        """A Scorer over an already loaded Model (see `load` for the arguments); `cores` (default: every core this
+        process may run on) are shared by its `threads`, each giving its onnxruntime MLP cores // threads threads."""
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         check_precision(precision, backend)
@@ -132,7 +134,7 @@ class Scorer:
 
             network: Network = OnnxNetwork(_onnx_file(model.path))
         else:
-            mlp_threads = max(1, len(os.sched_getaffinity(0)) // threads)
+            mlp_threads = max(1, (cores or len(os.sched_getaffinity(0))) // threads)
             mlp = "onnxruntime" if backend == "hybrid" else "torch"
             sources = {f.source: f.name for f in model.features.features}
             network = TorchNetwork(model.module, sources, mlp=mlp, mlp_threads=mlp_threads, project_bytes=project_bytes)
