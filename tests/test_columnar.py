@@ -146,6 +146,37 @@ def test_the_plan_leaves_other_values_to_the_general_path(fitted: FeatureSet) ->
     assert (lenient.ids[:, fitted.id_slots.index("h")] == 1).all()
 
 
+@pytest.mark.parametrize(
+    "xs,fast",
+    [
+        ([2.5, 1e9, -4.0, float("nan"), None, 3], True),  # numpy reads them all; None and NaN are missing
+        ([2.5, 7, 1.0, 0.0, -0.0], True),  # a 0 or a 1: each value's type is checked, and they are numbers
+        ([2.5, True, 3.0], False),  # a boolean, which numpy would read as 1.0
+        ([2, False, 3], False),
+        ([2.5, "3", 1.5], False),
+        ([2.5, [1.0], 1.5], False),
+        ([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], False),  # lists of numbers: not numbers
+        ([2.5, 2**53, 1.5], False),  # an integer past float64's exact range (the general path raises)
+        ([2.5, -(2**63), 1.5], False),
+        ([2.5, 1e300, 1.5], True),  # a float that large is fine
+        ([np.float32(0.1), 2.5, 3.5], True),
+    ],
+)
+def test_numbers_take_numpy_or_the_exact_check(fitted: FeatureSet, xs: list, fast: bool) -> None:
+    cols = {"c": [("a", "b", "zzz")[i % 3] for i in range(len(xs))], "x": xs}
+    context = {"tags": ["a"], "h": "b", "hl": None}
+    assert (fitted._plan(cols).encode(fitted, context, cols, len(xs), True) is not None) == fast
+    rows = [{**context, "c": c, "x": x} for c, x in zip(cols["c"], xs)]
+    try:
+        expected = fitted.transform_records(rows)
+    except FeatureError as e:
+        with pytest.raises(FeatureError) as got:
+            fitted.transform_columns(context, cols)
+        assert str(got.value) == str(e)
+        return
+    identical(fitted.transform_columns(context, cols), expected)
+
+
 def test_a_refit_remakes_the_plan() -> None:
     fs = features()
     table = {"tags": [["a"]] * 3, "h": ["a"] * 3, "hl": [[]] * 3, "x": [1.0, 2.0, 3.0]}

@@ -37,9 +37,9 @@ _NUMBERS = frozenset({float, int, type(None)})  # None and NaN mean missing; boo
 
 
 def _slots(index: list[int]) -> slice | np.ndarray:
-    """Columns of a matrix as a slice where they are contiguous (a plain strided copy), else as an index array."""
-    if index and index == list(range(index[0], index[0] + len(index))):
-        return slice(index[0], index[0] + len(index))
+    """Columns of a matrix as a slice where they are evenly spaced (a plain strided copy), else as an index array."""
+    if len(index) == 1 or (len(index) > 1 and index[1] > index[0] and index == list(range(index[0], index[-1] + 1, index[1] - index[0]))):
+        return slice(index[0], index[-1] + 1, index[1] - index[0] if len(index) > 1 else 1)
     return np.array(index, np.intp)
 
 
@@ -57,35 +57,44 @@ class RequestPlan:
         self.columns = tuple(f for f in fs.features if token(f) and f.source in sources and f.name not in in_cross)
         self.crossed = tuple(f for f in fs.features if token(f) and f.source in sources and f.name in in_cross)
         self.context = tuple(f for f in fs.features if token(f) and f.source not in sources)
-        self.floats = tuple(f for f in fs.features if f.type == "continuous")
         self.lists = tuple(f for f in fs.features if f.multi_valued and f.source in sources)
         self.context_lists = tuple(f for f in fs.features if f.multi_valued and f.source not in sources)
+        floats = [f for f in fs.features if f.type == "continuous"]  # in the dense matrix's order
+        self.floats = (*(f for f in floats if f.source in sources), *(f for f in floats if f.source not in sources))
+        self.k = sum(f.source in sources for f in floats)  # the block's first k features are columns, the rest one value
+        self.sources = tuple(dict.fromkeys(f.source for f in fs.features if f.source in sources))
+        self.column_sources = tuple(f.source for f in self.columns)
+        self.context_sources = tuple(f.source for f in self.context)
+        self.float_sources = tuple(f.source for f in self.floats)
         position = {f.name: j for j, f in enumerate(self.context)}
         self.own = tuple((c.buckets, tuple(position[n] for n in c.columns)) for c in own)
+        self.float_crossed = tuple((j, f.name) for j, f in enumerate(self.floats) if f.name in in_cross)
+        self.context_crossed = tuple((j, f.name) for j, f in enumerate(self.context) if f.name in in_cross)
 
         slot = {name: j for j, name in enumerate(fs.id_slots)}
+        dense = {f.name: 2 * j for j, f in enumerate(floats)}  # the value's column; the null flag's is next
         self.width = len(fs.id_slots)
         self.column_slots = _slots([slot[f.name] for f in self.columns])
         self.context_slots = _slots([slot[f.name] for f in self.context] + [slot[c.name] for c in own])
-        self.float_slots = _slots([slot[f.name] for f in self.floats])
+        parts = (self.floats[: self.k], self.floats[self.k :])
+        self.float_slots = tuple(_slots([slot[f.name] for f in part]) for part in parts)
+        self.value_slots = tuple(_slots([dense[f.name] for f in part]) for part in parts)
+        self.null_slots = tuple(_slots([dense[f.name] + 1 for f in part]) for part in parts)
         self.general_slots = tuple((slot[name], name) for name in (*(f.name for f in self.crossed), *(c.name for c in self.crosses))
                                    if name in slot)  # fmt: skip
         self.list_slots = fs.list_slots
-        self.float_columns = [j for j, f in enumerate(self.floats) if f.source in sources]
-        self.float_context = [j for j, f in enumerate(self.floats) if f.source not in sources]
-        self.float_column_rows, self.float_context_rows = _slots(self.float_columns), _slots(self.float_context)
-        self.sources = tuple(dict.fromkeys(f.source for f in fs.features if f.source in sources))
 
         self.memos = [fs._memo(f) for f in self.columns]
         self.context_memos = [fs._memo(f) for f in self.context]
         self.block = FloatBlock([fs.quantiles_[f.name] for f in self.floats]) if self.floats else None
         self._vocabs = tuple(f.name for f in (*self.columns, *self.context) if f.type == "categorical")
+        self._quantiles = tuple(f.name for f in self.floats)
         self.key = self._fitted(fs)
 
     def _fitted(self, fs: FeatureSet) -> tuple:
         """The fitted state the plan was made for, compared by identity (a refit or a loaded state replaces it)."""
         vocabs = map(operator.attrgetter("tokens_"), map(fs.vocabs_.__getitem__, self._vocabs))
-        bounds = map(operator.attrgetter("boundaries_"), map(fs.quantiles_.__getitem__, (f.name for f in self.floats)))
+        bounds = map(operator.attrgetter("boundaries_"), map(fs.quantiles_.__getitem__, self._quantiles))
         return (*vocabs, *bounds)
 
     def valid(self, fs: FeatureSet) -> bool:
@@ -102,7 +111,7 @@ class RequestPlan:
 
         # Candidate token columns: one pass through their memos; the ones a cross needs, each with its hashes.
         if self.columns:
-            block = lookup_columns(self.memos, [values[f.source] for f in self.columns], n)
+            block = lookup_columns(self.memos, list(map(values.__getitem__, self.column_sources)), n)
             if block is None:
                 return None
             ids[:, self.column_slots] = block.T
@@ -114,8 +123,8 @@ class RequestPlan:
 
         # Context tokens and the crosses among them: Python ints, broadcast over the rows.
         row, hashes = [], []
-        for f, memo in zip(self.context, self.context_memos):
-            found = memo.one(context.get(f.source, _MISSING))
+        for source, memo in zip(self.context_sources, self.context_memos):
+            found = memo.one(context.get(source, _MISSING))
             if found is None:  # missing (strict: an error; else None), or a value the memo leaves to Arrow
                 return None
             row.append(found[0])
@@ -131,52 +140,82 @@ class RequestPlan:
         if row:
             ids[:, self.context_slots] = row
 
-        # Continuous features: the candidates' columns and the context's values in one (F, n) matrix.
-        dense = np.empty((n, len(self.floats), 2), np.float32)
+        # Continuous features: the candidates' columns (k * n values) and the context's (one each) in one FloatBlock.
+        dense = np.empty((n, 2 * len(self.floats)), np.float32)
         if self.block is not None:
-            x = self._floats(context, [values[self.floats[j].source] for j in self.float_columns], n)
+            x = self._floats(context, [values[s] for s in self.float_sources[: self.k]], n)
             if x is None:
                 return None
-            i, float_ids, value, null = self.block.encode(x)  # (F, n) each
-            ids[:, self.float_slots] = float_ids.T
-            dense[:, :, 0] = value.T
-            dense[:, :, 1] = null.T
-            for j, f in enumerate(self.floats):
-                if f.name in fs._in_cross:
-                    cols[f.name] = Column(float_ids[j], None, None, Tokens(hash_ints(i[j], BUCKET_SALT), None, null[j]))
+            k, m = self.k, len(self.floats) - self.k
+            i, float_ids, value, null = self.block.encode_flat(x, (n,) * k + (1,) * m)
+            if k:
+                ids[:, self.float_slots[0]] = float_ids[: k * n].reshape(k, n).T
+                dense[:, self.value_slots[0]] = value[: k * n].reshape(k, n).T
+                dense[:, self.null_slots[0]] = null[: k * n].reshape(k, n).T
+            if m:
+                ids[:, self.float_slots[1]] = float_ids[k * n :]
+                dense[:, self.value_slots[1]] = value[k * n :]
+                dense[:, self.null_slots[1]] = null[k * n :]
+            for j, name in self.float_crossed:
+                at = slice(j * n, (j + 1) * n) if j < k else slice(k * n + j - k, k * n + j - k + 1)
+                col = Column(float_ids[at], None, None, Tokens(hash_ints(i[at], BUCKET_SALT), None, null[at]))
+                cols[name] = col if j < k else col.repeat(n)
 
-        # The rest: multi-valued features and the crosses with a list, a candidate column or a number in them.
+        # The rest: multi-valued features, and the crosses with a list, a candidate column or a number in them.
         if self.context_lists:
             cols.update(fs._context(context, self.context_lists, n, strict))
         if self.lists:
             cols.update(fs._encode_values(self.lists, values.__getitem__))
+        for j, name in self.context_crossed:
+            cols[name] = Column(np.full(n, row[j], np.int32), None, None,
+                                Tokens(np.full(n, hashes[j], np.uint64), None, np.full(n, row[j] == 1)))  # fmt: skip
         if self.crosses:
-            for j, f in enumerate(self.context):
-                if f.name in fs._in_cross:
-                    cols[f.name] = Column(np.full(n, row[j], np.int32), None, None,
-                                          Tokens(np.full(n, hashes[j], np.uint64), None, np.full(n, row[j] == 1)))  # fmt: skip
             fs._add_crosses(cols, [c for c in self.crosses if c.name not in cols])
         for j, name in self.general_slots:
             ids[:, j] = cols[name].ids
         lists = {name: (cols[name].ids, cols[name].offsets) for name in self.list_slots}
-        return Encoded(ids=ids, dense=dense.reshape(n, 2 * len(self.floats)), lists=lists)
+        return Encoded(ids=ids, dense=dense, lists=lists)
 
     def _floats(self, context: Mapping[str, Any], columns: list[list], n: int) -> np.ndarray | None:
-        """(F, n) float64 values, NaN for missing, as `columns.as_floats` gives them; None where the general path decides."""
-        given = [context.get(self.floats[j].source, _MISSING) for j in self.float_context]
-        kinds = set(map(type, chain(given, chain.from_iterable(columns))))
+        """The block's values: the k columns' (k * n), then the context's (one each), float64 with NaN for missing, as
+        `columns.as_floats` gives them; None where the general path decides."""
+        given = [context.get(s, _MISSING) for s in self.float_sources[self.k :]]
+        kinds = set(map(type, given))
         if not kinds <= _NUMBERS:
             return None
-        x = np.empty((len(self.floats), n))
-        try:
-            if columns:
-                x[self.float_column_rows] = np.array(columns, np.float64)  # None -> NaN
-            if given:
-                x[self.float_context_rows] = np.array(given, np.float64)[:, None]
-        except (TypeError, ValueError, OverflowError):
-            return None
-        if int in kinds:  # Arrow refuses integers past float64's exact range: let the general path raise its error
-            finite = x[~np.isnan(x)]
-            if not (np.abs(finite) < EXACT_INT).all():
+        x = np.empty(self.k * n + len(given))
+        if columns:
+            block = _numbers(columns)
+            if block is None:
+                return None
+            x[: self.k * n] = block.reshape(-1)
+        if given:
+            x[self.k * n :] = np.array(given, np.float64)  # None -> NaN
+            if int in kinds and (np.abs(x[self.k * n :]) >= EXACT_INT).any():
                 return None
         return x
+
+
+def _numbers(columns: list[list]) -> np.ndarray | None:
+    """(k, n) float64 of k lists of Python numbers (None -> NaN), as `columns.small_floats` converts them; None for
+    anything else (a boolean, a string, an integer past 2**53), which the general path converts or reports.
+
+    numpy's own type discovery checks the values in C; as it reads booleans as numbers, a block holding a 0 or a 1
+    has its types checked again value by value."""
+    try:
+        a = np.array(columns)
+    except (ValueError, TypeError, OverflowError):
+        a = None
+    if a is not None and a.ndim == 2 and a.dtype in (np.float64, np.int64):
+        if not ((a == 0) | (a == 1) | (a >= EXACT_INT) | (a <= -EXACT_INT)).any():  # (NaN compares False)
+            return a.astype(np.float64, copy=False)
+    kinds = set(map(type, chain.from_iterable(columns)))
+    if not kinds <= _NUMBERS:
+        return None
+    try:
+        x = np.array(columns, np.float64)  # None -> NaN
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if int in kinds and (np.abs(x) >= EXACT_INT).any():
+        return None
+    return x

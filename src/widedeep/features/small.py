@@ -14,7 +14,7 @@ from __future__ import annotations
 import operator
 import sys
 import threading
-from itertools import chain, repeat
+from itertools import accumulate, chain, repeat
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -168,37 +168,48 @@ class FloatBlock:
         self.key = tuple(q.boundaries_ for q in quantiles)  # the fitted state this block is valid for (by identity)
         self._bounds = list(self.key)
         edges = [np.concatenate([[q.min_], q.boundaries_, [max(q.max_, q.min_)]]) for q in quantiles]
-        starts = np.cumsum([0] + [len(e) for e in edges[:-1]])
-        self._edges = np.concatenate(edges) if edges else np.zeros(0)
-        self._lo = (starts - 1)[:, None]  # edges index of bucket i's lower edge, less i: (F, 1)
-        self._nb = np.array([q.buckets for q in quantiles], np.int64)[:, None]  # (F, 1)
-        bucket = np.array([q.normalization == "bucket" and q.buckets > 1 for q in quantiles], bool)
-        zero = np.array([(q.normalization == "bucket" and q.buckets == 1) or (q.normalization != "bucket" and q.count_ == 0)
-                         for q in quantiles], bool)  # fmt: skip
-        self._bucket = np.flatnonzero(bucket) if bucket.any() else None
-        self._zero = np.flatnonzero(zero) if zero.any() else None
+        self._starts = np.cumsum([0] + [len(e) for e in edges[:-1]]).astype(np.int64)  # feature j's first edge
+        self._nb = np.array([q.buckets for q in quantiles], np.int64)
+        bucket = [q.normalization == "bucket" and q.buckets > 1 for q in quantiles]
+        zero = [(q.normalization == "bucket" and q.buckets == 1) or (q.normalization != "bucket" and q.count_ == 0)
+                for q in quantiles]  # fmt: skip
+        self._bucket = [j for j, b in enumerate(bucket) if b]
+        self._zero = [j for j, z in enumerate(zero) if z]
+        # Per bucket g (edges index of its lower edge): lower edge, width (1.0 where empty) and whether it is not empty, so
+        # that a value's t = (x - lower) / width takes three gathers. A feature that saw no values has infinite edges (and
+        # value 0.0): zeros there keep inf - inf from the arithmetic.
+        e = np.concatenate([np.zeros(len(x)) if z else x for x, z in zip(edges, zero)]) if edges else np.zeros(1)
+        width = np.append(e[1:] - e[:-1], 0.0)
+        self._lower, self._nonempty = e, width > 0
+        self._width = np.where(self._nonempty, width, 1.0)
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(bucket index i int64, id int32, normalized value float32, null bool), each (F, n), of values `x` (F, n)
         float64 with NaN for missing: a missing value has id 1, value 0.0 and a garbage i."""
+        f, n = x.shape
+        out = self.encode_flat(x.reshape(-1), (n,) * f)
+        return tuple(a.reshape(f, n) for a in out)  # type: ignore[return-value]
+
+    def encode_flat(self, x: np.ndarray, counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`encode` of ragged values: x float64 holds counts[j] values of feature j after those of the features before it
+        (a request's candidate columns, then its context's single values); the results are laid out alike."""
+        ends = list(accumulate(counts))
+        segments = [slice(a, b) for a, b in zip([0, *ends[:-1]], ends)]
+        c = np.concatenate([b.searchsorted(x[s], side="right") for b, s in zip(self._bounds, segments)])  # i - 1
         null = np.isnan(x)
-        i = np.empty(x.shape, np.int64)
-        for j, b in enumerate(self._bounds):
-            i[j] = np.searchsorted(b, x[j], side="right")
-        i += 1
-        g = i + self._lo
-        lo = self._edges.take(g)
-        with np.errstate(invalid="ignore", divide="ignore"):  # inf - inf at the edges of a feature that saw no values
-            width = self._edges.take(g + 1) - lo
-            ok = width > 0
-            t = np.where(ok, (x - lo) / np.where(ok, width, 1.0), 0.0)
-            value = ((i - 1 + np.clip(t, 0.0, 1.0)) / self._nb).astype(np.float32)
-        if self._bucket is not None:
-            b = self._bucket
-            value[b] = ((i[b] - 1) / (self._nb[b] - 1)).astype(np.float32)
-        if self._zero is not None:
-            value[self._zero] = 0.0
+        g = c + np.repeat(self._starts, counts)
+        nb = np.repeat(self._nb, counts)
+        t = (x - self._lower.take(g)) / self._width.take(g)
+        t = np.where(self._nonempty.take(g), t, 0.0)  # a NaN x (garbage) is masked below
+        np.maximum(t, 0.0, out=t)
+        np.minimum(t, 1.0, out=t)
+        value = ((c + t) / nb).astype(np.float32)
+        for j in self._bucket:
+            s = segments[j]
+            value[s] = (c[s] / (self._nb[j] - 1)).astype(np.float32)
+        for j in self._zero:
+            value[segments[j]] = 0.0
         value[null] = 0.0
-        ids = (i + 2).astype(np.int32)
+        ids = (c + 3).astype(np.int32)
         ids[null] = 1
-        return i, ids, value, null
+        return c + 1, ids, value, null
