@@ -210,11 +210,37 @@ def test_float_block_equals_each_feature_bit_for_bit() -> None:
             qs.append(Quantiles(8, normalization=normalization).partial_fit(x, nulls=len(values) - len(x)).finalize())
     probe = [np.nan, np.inf, -np.inf, -0.0, 0.0, 2.0, -1e300, 1e300, *rng.normal(0, 6, 40)]
     x = np.array([probe + [b for b in q.boundaries_[:4]] + [0.0] * (4 - min(4, len(q.boundaries_))) for q in qs])
-    i, ids, value, null = FloatBlock(qs).encode(x)
-    for j, q in enumerate(qs):
-        want_i = q.bucketize(x[j])
-        want = q.normalize(x[j], want_i)
-        ok = ~np.isnan(x[j])
-        assert np.array_equal(null[j], ~ok) and np.array_equal(i[j][ok], want_i[ok]), j
-        assert np.array_equal(ids[j], np.where(ok, want_i + 2, 1).astype(np.int32)), j
-        assert np.array_equal(value[j][ok].view(np.uint32), want[ok].view(np.uint32)) and (value[j][~ok] == 0).all(), j
+    varied = [j for j, q in enumerate(qs) if q.buckets > 1]  # without the constant column's empty bucket
+    assert FloatBlock(qs)._empty and not FloatBlock([qs[j] for j in varied])._empty  # both ways of masking empty buckets
+    for rows in (list(range(len(qs))), varied):
+        i, ids, value, null = FloatBlock([qs[j] for j in rows]).encode(x[rows])
+        for r, j in enumerate(rows):
+            q = qs[j]
+            want_i = q.bucketize(x[j])
+            want = q.normalize(x[j], want_i)
+            ok = ~np.isnan(x[j])
+            assert np.array_equal(null[r], ~ok) and np.array_equal(i[r][ok], want_i[ok]), j
+            assert np.array_equal(ids[r], np.where(ok, want_i + 2, 1).astype(np.int32)), j
+            assert np.array_equal(value[r][ok].view(np.uint32), want[ok].view(np.uint32)) and (value[r][~ok] == 0).all(), j
+
+
+def test_float_block_ragged_equals_each_row() -> None:
+    from widedeep.features.quantile import Quantiles
+    from widedeep.features.small import FloatBlock
+
+    rng = np.random.default_rng(4)
+    qs = [Quantiles(q, normalization=nm).partial_fit(rng.exponential(s, 300)).finalize()
+          for q, nm, s in [(10, "interpolated", 1.0), (4, "bucket", 5.0), (100, "interpolated", 50.0)]]  # fmt: skip
+    block = FloatBlock(qs)
+    for counts in [(5, 1, 3), (1, 1, 1), (0, 7, 2), (4, 4, 4)]:
+        x = rng.normal(2, 3, sum(counts))
+        x[::5] = np.nan
+        i, ids, value, null = block.encode_flat(x, counts)
+        a = 0
+        for j, k in enumerate(counts):
+            s, ok = slice(a, a + k), ~np.isnan(x[a : a + k])
+            want_i, want_ids, want_value, want_null = FloatBlock([qs[j]]).encode(x[None, s])  # (1, k) each
+            assert np.array_equal(i[s][ok], want_i[0][ok]) and np.array_equal(ids[s], want_ids[0]), (counts, j)
+            assert np.array_equal(value[s].view(np.uint32), want_value[0].view(np.uint32)), (counts, j)
+            assert np.array_equal(null[s], want_null[0]), (counts, j)
+            a += k

@@ -27,6 +27,7 @@ MEMO_LIMIT = 1 << 15  # tokens per feature (~250 bytes each); past it the memo s
 MEMO_CHARS = 1 << 21  # characters of those tokens per feature: long tokens fill the memo sooner, not its memory
 
 BLOCKS_LIMIT = 64  # FloatBlocks kept per FeatureSet (one per set of continuous features encoded together)
+LAYOUTS_LIMIT = 64  # ragged layouts (request sizes) kept per FloatBlock
 
 TokenIds = Callable[[pa.Array], tuple[np.ndarray, np.ndarray]]  # distinct tokens -> (ids int32, hashes uint64)
 
@@ -182,6 +183,10 @@ class FloatBlock:
         width = np.append(e[1:] - e[:-1], 0.0)
         self._lower, self._nonempty = e, width > 0
         self._width = np.where(self._nonempty, width, 1.0)
+        # Whether some feature (with values) has an empty bucket: its last one, where the maximum is a cut point, or its
+        # only one, for a constant column; else the mask of `encode_flat` is skipped.
+        self._empty = any(not z and bool((np.diff(x) <= 0).any()) for x, z in zip(edges, zero))
+        self._layouts: dict[tuple[int, ...], tuple[list[slice], np.ndarray, np.ndarray]] = {}
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(bucket index i int64, id int32, normalized value float32, null bool), each (F, n), of values `x` (F, n)
@@ -193,14 +198,13 @@ class FloatBlock:
     def encode_flat(self, x: np.ndarray, counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """`encode` of ragged values: x float64 holds counts[j] values of feature j after those of the features before it
         (a request's candidate columns, then its context's single values); the results are laid out alike."""
-        ends = list(accumulate(counts))
-        segments = [slice(a, b) for a, b in zip([0, *ends[:-1]], ends)]
+        segments, starts, nb = self._layout(tuple(counts))
         c = np.concatenate([b.searchsorted(x[s], side="right") for b, s in zip(self._bounds, segments)])  # i - 1
         null = np.isnan(x)
-        g = c + np.repeat(self._starts, counts)
-        nb = np.repeat(self._nb, counts)
+        g = c + starts
         t = (x - self._lower.take(g)) / self._width.take(g)
-        t = np.where(self._nonempty.take(g), t, 0.0)  # a NaN x (garbage) is masked below
+        if self._empty:
+            t = np.where(self._nonempty.take(g), t, 0.0)  # a NaN x (garbage) is masked below
         np.maximum(t, 0.0, out=t)
         np.minimum(t, 1.0, out=t)
         value = ((c + t) / nb).astype(np.float32)
@@ -210,6 +214,17 @@ class FloatBlock:
         for j in self._zero:
             value[segments[j]] = 0.0
         value[null] = 0.0
-        ids = (c + 3).astype(np.int32)
+        ids = np.add(c, 3, dtype=np.int32)
         ids[null] = 1
         return c + 1, ids, value, null
+
+    def _layout(self, counts: tuple[int, ...]) -> tuple[list[slice], np.ndarray, np.ndarray]:
+        """Each feature's segment of a ragged x, and each value's first edge index and number of buckets."""
+        layout = self._layouts.get(counts)
+        if layout is None:
+            if len(self._layouts) >= LAYOUTS_LIMIT:
+                self._layouts = {}
+            ends = list(accumulate(counts))
+            segments = [slice(a, b) for a, b in zip([0, *ends[:-1]], ends)]
+            layout = self._layouts[counts] = (segments, np.repeat(self._starts, counts), np.repeat(self._nb, counts))
+        return layout
