@@ -12,11 +12,12 @@ import json
 import math
 import operator
 from itertools import chain
-from typing import Any, AsyncIterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope
 
 from widedeep.serve.errors import RequestError
 from widedeep.serve.limits import DRAIN_BYTES, Limits
@@ -24,38 +25,63 @@ from widedeep.serve.limits import DRAIN_BYTES, Limits
 # -- reading (on the event loop) -----------------------------------------------------------------------------------------
 
 
-async def read_body(request: Request, limits: Limits) -> bytes:
-    """The body: 415 unless it is declared JSON, 413 past `limits.max_body_bytes`, 408 if it has not all arrived
-    `limits.body_timeout` seconds after the headers. starlette's ClientDisconnect passes through."""
+async def read_body(scope: Scope, receive: Receive, limits: Limits) -> bytes:
+    """The body of the ASGI request (`scope`, `receive`): 415 unless it is declared JSON, 413 past
+    `limits.max_body_bytes`, 408 if it has not all arrived `limits.body_timeout` seconds after the headers. A client that
+    goes away raises starlette's ClientDisconnect."""
     deadline = asyncio.get_running_loop().time() + limits.body_timeout
-    error = _media_type_error(request.headers.get("content-type")) or _declared_size_error(request, limits.max_body_bytes)
-    stream = request.stream()
+    headers = _headers(scope, (b"content-type", b"content-length", b"expect"))
+    error = _media_type_error(headers[0]) or _declared_size_error(headers[1], limits.max_body_bytes)
     seen = 0
     if error is None:
-        body = bytearray()
         try:
             async with asyncio.timeout_at(deadline):
-                async for chunk in stream:
-                    body += chunk
-                    if len(body) > limits.max_body_bytes:
-                        error = RequestError("", f"body exceeds the limit of {limits.max_body_bytes} bytes", 413)
-                        break
+                body, more = await _chunk(receive)
+                if more:  # the rest is still on its way (uvicorn hands over what has arrived so far)
+                    whole = bytearray(body)
+                    while more and len(whole) <= limits.max_body_bytes:
+                        chunk, more = await _chunk(receive)
+                        whole += chunk
+                    body = bytes(whole)
         except TimeoutError:
             raise RequestError("", f"body not received within {limits.body_timeout:g} s", 408, close=True) from None
-        if error is None:
-            return bytes(body)
-        seen = len(body)
+        if len(body) <= limits.max_body_bytes:
+            return body
+        error, seen = RequestError("", f"body exceeds the limit of {limits.max_body_bytes} bytes", 413), len(body)
+        if not more:
+            raise error  # read to the end: the connection stays usable
     # Refused: read the rest before answering, unless the client waits for a "100 Continue" to send it at all.
-    waits = seen == 0 and request.headers.get("expect", "").lower() == "100-continue"
-    error.close = waits or not await _drain(stream, deadline, seen)
+    waits = seen == 0 and (headers[2] or "").lower() == "100-continue"
+    error.close = waits or not await _drain(receive, deadline, seen)
     raise error
 
 
-async def _drain(stream: AsyncIterator[bytes], deadline: float, seen: int) -> bool:
+async def _chunk(receive: Receive) -> tuple[bytes, bool]:
+    """The next piece of the body, and whether more follows."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnect()
+    return message.get("body", b""), message.get("more_body", False)
+
+
+def _headers(scope: Scope, names: Sequence[bytes]) -> list[str | None]:
+    """The values of the (lower-case) header `names` in an ASGI scope, None where absent; the first of repeated ones."""
+    out: list[str | None] = [None] * len(names)
+    for key, value in scope["headers"]:
+        if key in names:
+            i = names.index(key)
+            if out[i] is None:
+                out[i] = value.decode("latin-1")
+    return out
+
+
+async def _drain(receive: Receive, deadline: float, seen: int) -> bool:
     """Read and discard the rest of a body (DRAIN_BYTES at most in all, by `deadline`); True if it was read to the end."""
     try:
         async with asyncio.timeout_at(deadline):
-            async for chunk in stream:
+            more = True
+            while more:
+                chunk, more = await _chunk(receive)
                 seen += len(chunk)
                 if seen > DRAIN_BYTES:
                     return False
@@ -78,8 +104,7 @@ def _media_type_error(value: str | None) -> RequestError | None:
     return None
 
 
-def _declared_size_error(request: Request, limit: int) -> RequestError | None:
-    declared = request.headers.get("content-length")
+def _declared_size_error(declared: str | None, limit: int) -> RequestError | None:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         error = RequestError("", f"body of {int(declared)} bytes exceeds the limit of {limit} bytes", 413)
         if int(declared) > DRAIN_BYTES:  # too large to read and discard: answer at once and close
@@ -108,12 +133,26 @@ def required(doc: Mapping[str, Any], key: str) -> Any:
     return doc[key]
 
 
-def check_values(records: Mapping[str, Any], columns: Sequence[str], body: bytes, max_string_bytes: int) -> None:
-    """422 naming the first feature value that is a boolean (neither a number nor a category) or a string longer than
-    `max_string_bytes` UTF-8 bytes. `records` maps a JSON path to a record or a list of records; only the model's input
-    `columns` are looked at, and only if the raw `body` can hold such a value at all."""
-    if b"true" not in body and b"false" not in body and not _may_hold_longer(body, max_string_bytes):
-        return  # JSON literals are never escaped
+def check_request(body: bytes, context: Any, rows: Any, where: str, columns: Sequence[str], limits: Limits) -> None:
+    """422 for the rows at `where` past `limits.max_candidates`, or given as columns of unequal lengths (`check_columns`);
+    and naming the first value of an input column that is a boolean (neither a number nor a category) or a string longer
+    than `limits.max_string_bytes` UTF-8 bytes: the columns', then the `context`'s (None for none), then the records'.
+    The values are looked at only if the raw `body` can hold such a value at all (`may_hold_bad_value`)."""
+    deep = may_hold_bad_value(body, limits.max_string_bytes)
+    records = {} if context is None else {"context": context}
+    if isinstance(rows, dict):
+        check_columns(rows, where, columns if deep else (), limits)
+    elif isinstance(rows, list):
+        if len(rows) > limits.max_candidates:
+            raise RequestError(where, f"{len(rows)} {where} exceed the limit of {limits.max_candidates}")
+        records[where] = rows
+    if deep:
+        check_values(records, columns, limits.max_string_bytes)
+
+
+def check_values(records: Mapping[str, Any], columns: Sequence[str], max_string_bytes: int) -> None:
+    """422 naming the first value of an input column that is a boolean or a string longer than `max_string_bytes` UTF-8
+    bytes. `records` maps a JSON path to a record or a list of records; values in other fields are not looked at."""
     for where, value in records.items():
         if isinstance(value, dict):
             rows = [(where, value)]
@@ -127,17 +166,46 @@ def check_values(records: Mapping[str, Any], columns: Sequence[str], body: bytes
                     _check_value(row[column], f"{path}.{column}", max_string_bytes)
 
 
-def _may_hold_longer(body: bytes, max_bytes: int) -> bool:
-    """Whether a JSON string in `body` may be longer than `max_bytes` UTF-8 bytes. A string takes at least its UTF-8
-    length between its quotes, so not unless two quotes lie further apart, or an escaped quote could split a string (one
-    numpy pass: walking a 200-candidate request's values in Python took most of the HTTP layer's time)."""
-    if len(body) <= max_bytes:
-        return False
+_QUOTE, _BACKSLASH = ord('"'), b"\\"
+_TRUE, _FALSE = np.frombuffer(b"true", np.uint8), np.frombuffer(b"false", np.uint8)
+
+
+def may_hold_bad_value(body: bytes, max_bytes: int) -> bool:
+    """Whether the JSON `body` may hold a boolean or a string longer than `max_bytes` UTF-8 bytes, in a few vectorized
+    passes over its bytes (walking a 200-candidate request's values in Python took most of the HTTP layer's time): a
+    literal ``true`` or ``false`` (JSON never escapes them; one inside a string counts as a yes), or two quotes that
+    open and close a string further apart than `max_bytes` (a string takes at least its UTF-8 length between its
+    quotes; an escaped quote, which would split a string, counts as a yes)."""
     raw = np.frombuffer(body, np.uint8)
-    quotes = np.flatnonzero(raw == ord('"'))
-    if quotes.size and (raw[quotes[quotes > 0] - 1] == ord("\\")).any():
-        return True
-    return quotes.size > 1 and int(np.diff(quotes).max()) - 1 > max_bytes
+    return _holds(raw, _TRUE, 2) or _holds(raw, _FALSE, 2) or (len(body) > max_bytes and _may_hold_longer(raw, body, max_bytes))
+
+
+def _holds(raw: np.ndarray, word: np.ndarray, anchor: int) -> bool:
+    """Whether `raw` contains `word`, looked for around the places of its letter at `anchor` (a rare one: u, l)."""
+    end = len(raw) - len(word) + anchor + 1
+    if end <= anchor:
+        return False
+    at = np.flatnonzero(raw[anchor:end] == word[anchor])  # start positions of the candidates
+    for j, letter in enumerate(word):
+        if not at.size:
+            return False
+        if j != anchor:
+            at = at[raw[at + j] == letter]
+    return bool(at.size)
+
+
+def _may_hold_longer(raw: np.ndarray, body: bytes, max_bytes: int) -> bool:
+    if _BACKSLASH in body:
+        quotes = np.flatnonzero(raw == _QUOTE)
+        if quotes.size and (raw[quotes[quotes > 0] - 1] == _BACKSLASH[0]).any():
+            return True  # an escaped quote: the strings cannot be told apart by their quotes
+    else:
+        # A string past max_bytes is a quote-free run that covers a whole aligned block of (max_bytes + 2) // 2 bytes.
+        size = (max_bytes + 2) // 2
+        if (raw[: len(raw) // size * size] == _QUOTE).reshape(-1, size).any(axis=1).all():
+            return False
+        quotes = np.flatnonzero(raw == _QUOTE)
+    return bool((quotes[1::2] - quotes[: len(quotes) - 1 : 2] - 1 > max_bytes).any())  # opening and closing quotes pair up
 
 
 def _check_value(value: Any, path: str, max_bytes: int, in_list: bool = False) -> None:
@@ -150,17 +218,6 @@ def _check_value(value: Any, path: str, max_bytes: int, in_list: bool = False) -
     elif isinstance(value, list) and not in_list:
         for j, element in enumerate(value):
             _check_value(element, f"{path}[{j}]", max_bytes, in_list=True)
-
-
-def check_rows(rows: Any, where: str, columns: Sequence[str], limits: Limits) -> dict[str, Any]:
-    """A request's rows at `where`: at most `limits.max_candidates` records in a list, or columns (field -> one value per
-    row) checked here whole (`check_columns`). Returns ``{where: rows}`` for `check_values` when they are records."""
-    if isinstance(rows, dict):
-        check_columns(rows, where, columns, limits)
-        return {}
-    if isinstance(rows, list) and len(rows) > limits.max_candidates:
-        raise RequestError(where, f"{len(rows)} {where} exceed the limit of {limits.max_candidates}")
-    return {where: rows}
 
 
 def check_columns(rows: Mapping[str, Any], where: str, columns: Sequence[str], limits: Limits) -> None:
