@@ -56,9 +56,10 @@ def test_columns_encode_as_the_same_records(fitted: FeatureSet, seed: int, in_co
     recs = records(200, seed)
     context = {k: recs[0][k] for k in in_context}
     rows = [{k: v for k, v in r.items() if k not in in_context} for r in recs]
-    expected = fitted.transform_request(context, rows)
+    expected = fitted.transform_records([{**context, **r} for r in rows])  # the general path, without a plan
     identical(fitted.transform_columns(context, columns_of(rows)), expected)
     identical(fitted.transform_columns(context, columns_of(rows)), expected)  # warm memos and float block
+    identical(fitted.transform_request(context, rows), expected)  # the same plan, from the candidate objects
 
 
 def test_one_row_numpy_columns_and_no_rows(fitted: FeatureSet) -> None:
@@ -79,7 +80,9 @@ def test_tiny_config_columns_equal_records(tiny_config: Path) -> None:
     identical(fs.transform_columns({}, columns_of(recs)), fs.transform_records(recs))
     context = {"country": "de", "user_id": 7, "age": None}
     rows = [{k: v for k, v in r.items() if k not in context} for r in recs]
-    identical(fs.transform_columns(context, columns_of(rows)), fs.transform_request(context, rows))
+    expected = fs.transform_records([{**context, **r} for r in rows])
+    identical(fs.transform_columns(context, columns_of(rows)), expected)
+    identical(fs.transform_request(context, rows), expected)
 
 
 @pytest.mark.parametrize(

@@ -240,6 +240,11 @@ class FeatureSet:
         n = len(candidates)
         if n == 0:
             return self.transform_records([])
+        if n <= SMALL_BATCH and isinstance(candidates[0], Mapping):  # the candidates' fields as columns (one C-level pass)
+            given = C.record_columns(candidates, [s for s in self.input_columns if s in candidates[0]])
+            encoded = None if given is None else self._plan(given).encode(self, context, given, n, strict)
+            if encoded is not None:
+                return encoded
         own = set(candidates[0])
         ctx = [f for f in self.features if f.source not in own]
         cand = [f for f in self.features if f.source in own]
