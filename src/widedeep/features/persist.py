@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from widedeep.atomic import write_text_atomic
 from widedeep.config import CrossSpec, FeatureSpec
-from widedeep.features.hashing import ALGORITHM
+from widedeep.features.hashing import ALGORITHM, BUCKET_SALT
 from widedeep.features.quantile import Quantiles
-from widedeep.features.transform import _BUCKET_SALT, FORMAT, VERSION
+from widedeep.features.transform import FORMAT, VERSION
 from widedeep.features.vocab import Vocabulary
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def to_dict(fs: FeatureSet) -> dict[str, Any]:
             "id": "3 + hash % buckets",
             "numbers": "hashed as their decimal string",
             "cross": "combine(...combine(h1, h2)..., hk) in the order of the cross's columns",
-            "continuous_in_cross": f"hash_ints(bucket index, salt={_BUCKET_SALT})",
+            "continuous_in_cross": f"hash_ints(bucket index, salt={BUCKET_SALT})",
         },
         "label": self.label,
         "rows": self.rows_,

@@ -27,6 +27,7 @@ from widedeep.features.cross import Tokens
 from widedeep.features.encoded import Column, Encoded
 from widedeep.features.hashing import BUCKET_SALT, combine_int, hash_ints
 from widedeep.features.small import FloatBlock, lookup_columns
+from widedeep.features.values import encode_tokens, encode_values
 
 if TYPE_CHECKING:
     from widedeep.features.transform import FeatureSet
@@ -116,7 +117,7 @@ class RequestPlan:
                 return None
             ids[:, self.column_slots] = block.T
         for f in self.crossed:
-            col = fs._encode_small(f, values[f.source])
+            col = encode_tokens(fs, f, values[f.source])
             if col is None:
                 return None
             cols[f.name] = col
@@ -165,7 +166,7 @@ class RequestPlan:
         if self.context_lists:
             cols.update(fs._context(context, self.context_lists, n, strict))
         if self.lists:
-            cols.update(fs._encode_values(self.lists, values.__getitem__))
+            cols.update(encode_values(fs, self.lists, values.__getitem__))
         for j, name in self.context_crossed:
             cols[name] = Column(np.full(n, row[j], np.int32), None, None,
                                 Tokens(np.full(n, hashes[j], np.uint64), None, np.full(n, row[j] == 1)))  # fmt: skip

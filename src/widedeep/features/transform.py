@@ -22,20 +22,16 @@ from widedeep.features.columnar import column_length, column_values
 from widedeep.features.columns import FeatureError
 from widedeep.features.cross import Tokens, cross, fill_rows
 from widedeep.features.encoded import Column, Encoded
-from widedeep.features.hashing import BUCKET_SALT as _BUCKET_SALT  # the name persist.py imports
-from widedeep.features.hashing import bucket, hash_ints, hash_strings
+from widedeep.features.hashing import BUCKET_SALT, bucket, hash_ints, hash_strings
 from widedeep.features.plan import PLANS_LIMIT, RequestPlan
 from widedeep.features.quantile import Quantiles
-from widedeep.features.small import BLOCKS_LIMIT, FloatBlock, TokenMemo, list_tokens
+from widedeep.features.small import FloatBlock, TokenMemo
+from widedeep.features.values import encode_values, kind
 from widedeep.features.vocab import Vocabulary
 
 FORMAT, VERSION = "widedeep.features", 1
 _STACK_ROWS = 16384  # rows per block of _stack_columns
 SMALL_BATCH = 4096  # records up to this many skip Arrow: token ids come from a memo of this transform's own ids
-
-
-def _kind(f: FeatureSpec) -> C.Kind:
-    return "float" if f.type == "continuous" else "list" if f.multi_valued else "string"
 
 
 def _map(pool: Executor | None, fn: Callable, items: Sequence) -> list:
@@ -275,7 +271,7 @@ class FeatureSet:
             return column_values(columns[source], source) if source in columns else C.record_values([context], source, strict)
 
         rest = [f for f in self.features if f.source in columns or f.type == "continuous"]
-        cols.update(self._encode_values(rest, values_of, n))
+        cols.update(encode_values(self, rest, values_of, n))
         return self._assemble(cols, n, None)
 
     def _plan(self, columns: Mapping[str, Any]) -> RequestPlan:
@@ -290,81 +286,13 @@ class FeatureSet:
 
     def _encode_records(self, records: Sequence[Mapping[str, Any]], feats: Sequence[FeatureSpec], strict: bool) -> dict:
         if len(records) > SMALL_BATCH:
-            kinds = {f.source: _kind(f) for f in feats}
+            kinds = {f.source: kind(f) for f in feats}
             table = C.from_records(records, kinds, strict)
             return {f.name: self._encode(f, table.column(f.source)) for f in feats}
         given = C.record_columns(records, list(dict.fromkeys(f.source for f in feats)))
         if given is not None:
-            return self._encode_values(feats, given.__getitem__)
-        return self._encode_values(feats, lambda source: C.record_values(records, source, strict))
-
-    def _encode_values(
-        self, feats: Sequence[FeatureSpec], values_of: Callable[[str], list], n: int | None = None
-    ) -> dict[str, Column]:
-        """Features from their Python values (a list per source column, or one value to repeat over `n` rows): the memo
-        and numpy where they can, else the Arrow path, which raises the first error in feature order. The continuous
-        features go through one FloatBlock."""
-        out, floats = {}, []
-        for f in feats:
-            values = values_of(f.source)
-            if f.type == "continuous":
-                x = C.small_floats(values)
-                if x is not None:
-                    floats.append((f, x))
-                    continue
-                col = None
-            else:
-                col = self._encode_small(f, values)
-            col = col if col is not None else self._encode(f, C.column(values, _kind(f), f.source))
-            out[f.name] = col if n is None or len(values) == n else col.repeat(n)
-        if floats:
-            out.update(self._encode_floats(floats, len(floats[0][1]) if n is None else n))
-        return out
-
-    def _encode_floats(self, floats: list[tuple[FeatureSpec, np.ndarray]], n: int) -> dict[str, Column]:
-        """`_encode_continuous` of several features at once (small.FloatBlock: the same values, fewer numpy calls); a
-        single value is repeated over the `n` rows."""
-        names = tuple(f.name for f, _ in floats)
-        block = self._blocks.get(names)
-        if block is None or any(b is not self.quantiles_[name].boundaries_ for b, name in zip(block.key, names)):
-            if len(self._blocks) >= BLOCKS_LIMIT:  # clients choose which fields are columns: bound the combinations kept
-                self._blocks = {}
-            block = self._blocks[names] = FloatBlock([self.quantiles_[name] for name in names])
-        x = np.empty((len(floats), n))
-        for j, (_, values) in enumerate(floats):
-            x[j] = values
-        i, ids, value, null = block.encode(x)  # (F, n) each
-        flags = null.astype(np.float32)
-        out = {}
-        for j, (f, _) in enumerate(floats):
-            tokens = Tokens(hash_ints(i[j], _BUCKET_SALT), None, null[j]) if f.name in self._in_cross else None
-            out[f.name] = Column(ids[j], None, (value[j], flags[j]), tokens)
-        return out
-
-    def _encode_small(self, f: FeatureSpec, values: list) -> Column | None:
-        """`_encode` of Python token values through the feature's memo (small.py); None where the Arrow path must run."""
-        want_tokens = f.name in self._in_cross
-        memo = self._memo(f)
-        if not f.multi_valued:
-            found = memo.lookup(values, want_tokens)
-            if found is None:
-                return None
-            ids, h = found
-            return Column(ids, None, None, Tokens(h, None, ids == 1) if want_tokens else None)
-        parts = list_tokens(values)
-        found = None if parts is None else memo.lookup(parts[0], want_tokens)
-        if found is None:
-            return None
-        (ids, h), (_, lengths, null) = found, parts
-        dropped = ids == 1  # null and empty-string elements, the only ones with id 1: dropped, as columns.as_lists does
-        if dropped.any():
-            keep = ~dropped
-            lengths = np.bincount(np.repeat(np.arange(len(values)), lengths)[keep], minlength=len(values))
-            ids, h = ids[keep], None if h is None else h[keep]
-        offsets = np.zeros(len(values) + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        out, out_off = fill_rows(ids, offsets, null, np.int32(1))
-        return Column(out, out_off, None, Tokens(h, offsets, null) if want_tokens else None)
+            return encode_values(self, feats, given.__getitem__)
+        return encode_values(self, feats, lambda source: C.record_values(records, source, strict))
 
     def _memo(self, f: FeatureSpec) -> TokenMemo:
         key = self.vocabs_[f.name].tokens_ if f.type == "categorical" else None  # a hashed feature's ids never change
@@ -411,7 +339,7 @@ class FeatureSet:
         ids[null] = 1
         value = q.normalize(x, i)
         value[null] = 0.0
-        tokens = Tokens(hash_ints(i, _BUCKET_SALT), None, null) if f.name in self._in_cross else None
+        tokens = Tokens(hash_ints(i, BUCKET_SALT), None, null) if f.name in self._in_cross else None
         return Column(ids, None, (value, null.astype(np.float32)), tokens)
 
     def _add_crosses(self, cols: dict[str, Column], crosses: Sequence[CrossSpec], pool: Executor | None = None) -> None:
