@@ -150,3 +150,45 @@ def test_over_http_each_request_gets_its_own_answer(tiny_model: Path):
         got[[it["index"] for it in items]] = [it["score"] for it in items]
         np.testing.assert_allclose(got, all_scores(alone, c, x), atol=1e-6, rtol=0)
     assert live.scorer.batcher.passes < len(REQUESTS)
+
+
+class Slow:
+    """A network that takes `seconds` per pass and records how many passes ran at once (the batcher's timing, not its
+    arithmetic, is under test here)."""
+
+    def __init__(self, network, seconds: float):
+        self.network, self.seconds = network, seconds
+        self.running = self.most = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, ids, dense, lists):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(self.seconds)
+        with self.lock:
+            self.running -= 1
+        return self.network(ids, dense, lists)
+
+
+def test_requests_on_free_slots_are_scored_at_once_and_the_rest_share_the_next_pass(tiny_model: Path):
+    scorer = Scorer.load(tiny_model, sub_batch=64)
+    encoded = [scorer.features.transform_request(c, x) for c, x in REQUESTS[:5]]
+    want = [scorer.encoded_logits(e) for e in encoded]
+    # Two slots, two requests: each scored at once in its own pass, the two passes side by side.
+    two = Batcher(scorer, Batching(True, passes=2))
+    two.network = slow = Slow(scorer.network, 0.3)
+    got = together(two.logits, [(e, None) for e in encoded[:2]])
+    assert slow.most == 2 and two.passes == 2
+    # One slot, five requests: one goes first; the four that queue behind it share the pass handed on, in order.
+    one = Batcher(scorer, Batching(True, passes=1))
+    one.network = slow = Slow(scorer.network, 0.3)
+    alone: list = []
+    first = threading.Thread(target=lambda: alone.append(one.logits(encoded[0], None)))
+    first.start()
+    time.sleep(0.1)  # its pass is running
+    rest = together(one.logits, [(e, None) for e in encoded[1:]])
+    first.join()
+    assert slow.most == 1 and (one.passes, one.requests) == (2, 5)
+    for w, g in zip(want[:2] + want, got + alone + rest):
+        np.testing.assert_allclose(g, w, atol=1e-6, rtol=0)
