@@ -218,8 +218,9 @@ class Batcher:
         net = self.network
         ctx: torch.Tensor | None = None  # W_u u + b: (1, H) for one request, (n, H) for several; None: the pass finds it
         if half is not None and len(items) > 1:
-            terms = torch.cat([net.context_term(half, it.ids, it.dense, it.lists) for it in items])  # (R, H)
-            ctx = terms.repeat_interleave(torch.tensor([it.rows for it in items]), dim=0)  # (n, H)
+            rows = np.array([it.rows for it in items])
+            terms = net.context_term(half, ids, dense, lists, np.cumsum(rows) - rows)  # (R, H): one per request, at once
+            ctx = terms.repeat_interleave(torch.from_numpy(rows), dim=0)  # (n, H)
         parts = min(self.scorer.threads, math.ceil(n / self.scorer.sub_batch))
         size = math.ceil(n / parts)
         if half is not None and ctx is None and parts > 1:

@@ -278,9 +278,13 @@ class TorchNetwork:
         return half
 
     @torch.inference_mode()
-    def context_term(self, half: ContextHalf, ids: np.ndarray, dense: np.ndarray, lists: Sequence[np.ndarray]) -> torch.Tensor:
-        """W_u u + b (1, H) from the first row of a request (every row shares the context)."""
-        t_ids, t_dense, t_lists = _tensors(ids[:1], dense[:1], [x[:1] for x in lists])
+    def context_term(
+        self, half: ContextHalf, ids: np.ndarray, dense: np.ndarray, lists: Sequence[np.ndarray], starts: np.ndarray | None = None
+    ) -> torch.Tensor:
+        """W_u u + b (1, H) from the first row of a request (every row shares the context); with `starts`, the first
+        rows of several requests stacked in these arrays, one term per request (R, H)."""
+        at = slice(0, 1) if starts is None else starts
+        t_ids, t_dense, t_lists = _tensors(ids[at], dense[at], [x[at] for x in lists])
         direct = half.context_term_direct(t_ids, t_dense)
         return direct if direct is not None else half.context_term(self.deep.inputs(t_ids, t_dense, t_lists))
 
