@@ -12,7 +12,7 @@ numpy calls, not the arithmetic, sets the cost."""
 from __future__ import annotations
 
 import operator
-import sys
+import struct
 import threading
 from itertools import accumulate, chain, repeat
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -37,9 +37,8 @@ class TokenMemo:
 
     def __init__(self, key: object, compute: TokenIds):
         self.key, self._compute = key, compute  # key: the fitted state this memo is valid for (compared by identity)
-        # Values are packed: an id's 4 bytes, a hash's 8 (native order), which `_gather` joins into an array in C.
-        self._ids: dict[Any, bytes] = {None: _NULL_ID}
-        self._hashes: dict[Any, bytes] = {None: _NULL_HASH}
+        self._ids: dict[Any, int] = {None: 1}
+        self._hashes: dict[Any, int] = {None: 0}
         self._chars = 0
         self._lock = threading.Lock()
 
@@ -66,8 +65,7 @@ class TokenMemo:
         # Only if another thread emptied the memo in between: compute without it.
         given = [t for t in dict.fromkeys(tokens) if t is not None]
         ids, hashes = self._compute(pa.array(given, pa.string()))
-        local_ids = {None: _NULL_ID, **dict(zip(given, _packed(ids)))}
-        local_h = {None: _NULL_HASH, **dict(zip(given, _packed(hashes)))}
+        local_ids, local_h = {None: 1, **dict(zip(given, ids.tolist()))}, {None: 0, **dict(zip(given, hashes.tolist()))}
         return _arrays(local_ids, local_h, tokens, want_hashes)
 
     def _get(self, tokens: list, want_hashes: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -78,7 +76,7 @@ class TokenMemo:
         if type(token) is int:  # noqa: E721 -- as `lookup` converts it (a bool is not an int here)
             token = str(token)
         try:  # both are functions of the token alone, so a memo reset in between changes nothing
-            return int.from_bytes(self._ids[token], _ORDER), int.from_bytes(self._hashes[token], _ORDER)
+            return self._ids[token], self._hashes[token]
         except (KeyError, TypeError):
             pass
         found = self.lookup([token], True)
@@ -91,34 +89,24 @@ class TokenMemo:
         chars = sum(map(len, new))
         with self._lock:
             if len(self._ids) + len(new) > MEMO_LIMIT or self._chars + chars > MEMO_CHARS:
-                self._ids, self._hashes, self._chars = {None: _NULL_ID}, {None: _NULL_HASH}, 0
+                self._ids, self._hashes, self._chars = {None: 1}, {None: 0}, 0
             self._chars += chars
-            self._hashes.update(zip(new, _packed(hashes)))  # hashes first: a token with an id always has its hash
-            self._ids.update(zip(new, _packed(ids.astype(np.int32, copy=False))))
+            self._hashes.update(zip(new, hashes.tolist()))  # hashes first: a token with an id always has its hash
+            self._ids.update(zip(new, ids.tolist()))
 
 
-_ORDER = sys.byteorder
-_NULL_ID, _NULL_HASH = np.int32(1).tobytes(), np.uint64(0).tobytes()
-
-
-def _packed(values: np.ndarray) -> list[bytes]:
-    """Each element's bytes, in native order."""
-    b, width = values.tobytes(), values.itemsize
-    return [b[k : k + width] for k in range(0, len(b), width)]
-
-
-def _gather(table: dict, tokens: Sequence, dtype: type) -> np.ndarray:
-    """The packed values of `tokens` as one array: itemgetter looks them all up and join packs them, both in C, where a
-    Python int per value and its conversion would cost several times more. KeyError for a token not in `table`."""
+def _packed(table: dict, tokens: Sequence, code: str) -> bytes:
+    """table[t] of every token, packed as C values of struct `code` ("i": int32, "Q": uint64; native order): itemgetter
+    looks them all up and struct converts them, both in C loops, where numpy would convert Python ints one call at a
+    time. KeyError for a token not in `table`."""
     if len(tokens) == 1:  # itemgetter of one key gives the value, not a tuple
-        return np.frombuffer(bytearray(table[tokens[0]]), dtype)
-    if not tokens:
-        return np.zeros(0, dtype)
-    return np.frombuffer(bytearray().join(operator.itemgetter(*tokens)(table)), dtype)
+        return struct.pack(code, table[tokens[0]])
+    return struct.pack(f"{len(tokens)}{code}", *operator.itemgetter(*tokens)(table)) if tokens else b""
 
 
 def _arrays(ids: dict, hashes: dict, tokens: list, want_hashes: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    return _gather(ids, tokens, np.int32), _gather(hashes, tokens, np.uint64) if want_hashes else None
+    h = np.frombuffer(bytearray(_packed(hashes, tokens, "Q")), np.uint64) if want_hashes else None
+    return np.frombuffer(bytearray(_packed(ids, tokens, "i")), np.int32), h
 
 
 def lookup_columns(memos: Sequence[TokenMemo], columns: Sequence[list], n: int) -> np.ndarray | None:
@@ -126,9 +114,7 @@ def lookup_columns(memos: Sequence[TokenMemo], columns: Sequence[list], n: int) 
     the memos know them all (the steady state of a server), else column by column through `lookup`; None as in `lookup`."""
     k = len(memos)
     try:
-        if n > 1:  # (itemgetter of one key gives the value, not a tuple)
-            packed = bytearray().join([bytearray().join(operator.itemgetter(*values)(m._ids)) for m, values in zip(memos, columns)])
-            return np.frombuffer(packed, np.int32).reshape(k, n)
+        return np.frombuffer(b"".join([_packed(m._ids, values, "i") for m, values in zip(memos, columns)]), np.int32).reshape(k, n)
     except (KeyError, TypeError):  # a token seen for the first time, an integer, or a value the memo leaves to Arrow
         pass
     out = np.empty((k, n), np.int32)
