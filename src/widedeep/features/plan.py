@@ -76,7 +76,7 @@ class RequestPlan:
         dense = {f.name: 2 * j for j, f in enumerate(floats)}  # the value's column; the null flag's is next
         self.width = len(fs.id_slots)
         self.column_slots = _slots([slot[f.name] for f in self.columns])
-        self.context_slots = _slots([slot[f.name] for f in self.context] + [slot[c.name] for c in own])
+        self.context_slots = _slots([slot[f.name] for f in self.context]), _slots([slot[c.name] for c in own])
         parts = (self.floats[: self.k], self.floats[self.k :])
         self.float_slots = tuple(_slots([slot[f.name] for f in part]) for part in parts)
         self.value_slots = tuple(_slots([dense[f.name] for f in part]) for part in parts)
@@ -138,8 +138,10 @@ class RequestPlan:
             for k in parts[1:]:
                 h = combine_int(h, hashes[k])
             row.append(h % buckets + 3)
-        if row:
-            ids[:, self.context_slots] = row
+        if self.context:  # (two assignments: each is a plain strided copy where its slots are evenly spaced)
+            ids[:, self.context_slots[0]] = row[: len(self.context)]
+        if self.own:
+            ids[:, self.context_slots[1]] = row[len(self.context) :]
 
         # Continuous features: the candidates' columns (k * n values) and the context's (one each) in one FloatBlock.
         dense = np.empty((n, 2 * len(self.floats)), np.float32)
