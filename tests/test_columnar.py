@@ -139,7 +139,8 @@ def test_the_plan_leaves_other_values_to_the_general_path(fitted: FeatureSet) ->
         assert plan.encode(fitted, {}, bad, 20, True) is None, (name, value)
     for name, value in [("x", 2**40), ("c", 42), ("x", 1e300), ("x", -np.inf)]:  # converted exactly, or left to Arrow
         other = {**cols, name: [*cols[name][:-1], value]}
-        identical(fitted.transform_columns({}, other), fitted.transform_records([dict(zip(other, r)) for r in zip(*other.values())]))
+        rows = [dict(zip(other, r)) for r in zip(*other.values())]
+        identical(fitted.transform_columns({}, other), fitted.transform_records(rows))
     ctx = {k: v[0] for k, v in cols.items() if k in ("c", "h")}
     rest = {k: v for k, v in cols.items() if k not in ctx}
     assert fitted._plan(rest).encode(fitted, {"c": "a"}, rest, 20, True) is None  # "h" missing: strict raises, else None

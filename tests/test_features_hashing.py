@@ -6,7 +6,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from widedeep.features.hashing import bucket, combine, combine_int, hash_ints, hash_string, hash_strings, splitmix64, splitmix64_int
+from widedeep.features.hashing import (
+    bucket,
+    combine,
+    combine_int,
+    hash_ints,
+    hash_string,
+    hash_strings,
+    splitmix64,
+    splitmix64_int,
+)
 
 M64 = (1 << 64) - 1
 

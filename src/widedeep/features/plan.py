@@ -39,8 +39,9 @@ _NUMBERS = frozenset({float, int, type(None)})  # None and NaN mean missing; boo
 
 def _slots(index: list[int]) -> slice | np.ndarray:
     """Columns of a matrix as a slice where they are evenly spaced (a plain strided copy), else as an index array."""
-    if len(index) == 1 or (len(index) > 1 and index[1] > index[0] and index == list(range(index[0], index[-1] + 1, index[1] - index[0]))):
-        return slice(index[0], index[-1] + 1, index[1] - index[0] if len(index) > 1 else 1)
+    step = index[1] - index[0] if len(index) > 1 else 1
+    if index and step > 0 and index == list(range(index[0], index[-1] + 1, step)):
+        return slice(index[0], index[-1] + 1, step)
     return np.array(index, np.intp)
 
 
@@ -81,8 +82,8 @@ class RequestPlan:
         self.float_slots = tuple(_slots([slot[f.name] for f in part]) for part in parts)
         self.value_slots = tuple(_slots([dense[f.name] for f in part]) for part in parts)
         self.null_slots = tuple(_slots([dense[f.name] + 1 for f in part]) for part in parts)
-        self.general_slots = tuple((slot[name], name) for name in (*(f.name for f in self.crossed), *(c.name for c in self.crosses))
-                                   if name in slot)  # fmt: skip
+        general = (*(f.name for f in self.crossed), *(c.name for c in self.crosses))
+        self.general_slots = tuple((slot[name], name) for name in general if name in slot)
         self.list_slots = fs.list_slots
 
         self.memos = [fs._memo(f) for f in self.columns]
@@ -101,7 +102,9 @@ class RequestPlan:
     def valid(self, fs: FeatureSet) -> bool:
         return all(map(operator.is_, self._fitted(fs), self.key))
 
-    def encode(self, fs: FeatureSet, context: Mapping[str, Any], columns: Mapping[str, Any], n: int, strict: bool) -> Encoded | None:
+    def encode(
+        self, fs: FeatureSet, context: Mapping[str, Any], columns: Mapping[str, Any], n: int, strict: bool
+    ) -> Encoded | None:
         """The request's encoding; None where the general path must run (see the module docstring)."""
         try:
             values = {s: v if type(v := columns[s]) is list else column_values(v, s) for s in self.sources}

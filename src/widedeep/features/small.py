@@ -114,7 +114,8 @@ def lookup_columns(memos: Sequence[TokenMemo], columns: Sequence[list], n: int) 
     the memos know them all (the steady state of a server), else column by column through `lookup`; None as in `lookup`."""
     k = len(memos)
     try:
-        return np.frombuffer(b"".join([_packed(m._ids, values, "i") for m, values in zip(memos, columns)]), np.int32).reshape(k, n)
+        packed = b"".join([_packed(m._ids, values, "i") for m, values in zip(memos, columns)])
+        return np.frombuffer(packed, np.int32).reshape(k, n)
     except (KeyError, TypeError):  # a token seen for the first time, an integer, or a value the memo leaves to Arrow
         pass
     out = np.empty((k, n), np.int32)
