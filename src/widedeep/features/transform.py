@@ -70,6 +70,7 @@ class FeatureSet:
             if f.type == "hashed" and f.buckets < 1:
                 raise ValueError(f"hashed feature {f.name!r} needs buckets >= 1, got {f.buckets}")
         self._in_cross = {n for c in self.crosses for n in c.columns}
+        self._input_columns = tuple(dict.fromkeys(f.source for f in self.features))
         ragged = {c.name for c in self.crosses if any(self._spec[n].multi_valued for n in c.columns)}
         scalar = [f.name for f in self.features if not f.multi_valued]
         self._id_slots = tuple(scalar + [c.name for c in self.crosses if c.name not in ragged])
@@ -99,7 +100,7 @@ class FeatureSet:
 
     @property
     def input_columns(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(f.source for f in self.features))
+        return self._input_columns
 
     @property
     def cardinality(self) -> dict[str, int]:
