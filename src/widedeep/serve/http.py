@@ -172,7 +172,7 @@ def create_app(live: LiveScorer | Arms, limits: Limits = Limits(), logs: ServerL
         arm = arms.assign(context)
         scorer = arm.live.scorer  # taken once: a hot reload never changes the model under a request
         candidates = required(doc, "candidates")
-        check_request(body, context, candidates, "candidates", scorer.features.input_columns, limits)
+        check_request(body, context, candidates, "candidates", scorer.input_columns, limits)
         ranked = scorer.recommend(context, candidates, doc.get("k", 10))
         rid = rid or uuid.uuid4().hex
         index, score = ranked.index.tolist(), ranked.score.tolist()
@@ -189,7 +189,7 @@ def create_app(live: LiveScorer | Arms, limits: Limits = Limits(), logs: ServerL
         arm = arms.named(doc["arm"]) if "arm" in doc else arms.first
         scorer = arm.live.scorer
         instances = required(doc, "instances")
-        check_request(body, None, instances, "instances", scorer.features.input_columns, limits)
+        check_request(body, None, instances, "instances", scorer.input_columns, limits)
         return {"model_version": scorer.version, "arm": arm.name, "scores": scorer.score(instances).tolist()}, None, doc
 
     def events_work(body: bytes) -> Work:

@@ -92,6 +92,8 @@ async def _drain(receive: Receive, deadline: float, seen: int) -> bool:
 
 def _media_type_error(value: str | None) -> RequestError | None:
     """415 unless the Content-Type is application/json (a charset parameter may say utf-8)."""
+    if value == "application/json":
+        return None
     if value is None:
         return RequestError("Content-Type", "header missing: send the body as application/json", 415)
     kind, *params = (p.strip() for p in value.split(";"))

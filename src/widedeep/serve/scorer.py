@@ -9,6 +9,7 @@ The network's MLP runs in fp32, bf16 or int8, named or picked by measurement at 
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -155,6 +156,11 @@ class Scorer:
                           meta=self.meta, context_half=self.context_half)  # fmt: skip
 
     # -- public API ------------------------------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def input_columns(self) -> tuple[str, ...]:
+        """The raw fields the model reads (FeatureSet.input_columns), found once: a request's checks look them up."""
+        return tuple(self.features.input_columns)
 
     def score(self, instances: Sequence[dict[str, Any]] | dict[str, list]) -> np.ndarray:
         """P(label = 1) (N,) float32 for N full records (context and item fields together), or for columns of N values."""
