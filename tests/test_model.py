@@ -184,7 +184,7 @@ def test_architecture_is_json_and_describes_the_model() -> None:
     arch = json.loads(json.dumps(model.architecture()))
     assert arch["type"] == "wide_deep"
     assert arch["parameters"]["total"] == sum(p.numel() for p in model.parameters())
-    # single-valued embeddings (country 8, imp 4, user 8, the buckets of age 8 and price 8) + apps 8 + 4 dense columns
+    # single-valued embeddings (country 8, imp 4, user 8, the buckets of age and price min(8, 8)) + apps 8 + 4 dense columns
     assert arch["deep"]["input_dim"] == 8 + 4 + 8 + 8 + 8 + 8 + 4
     assert arch["deep"]["hidden"] == [16, 8]
     assert arch["wide"]["rows"] == 1 + sum(Layout().cardinality[n] - 1 for n in WIDE)
@@ -203,6 +203,10 @@ def test_continuous_features_embed_their_bucket_unless_told_not_to() -> None:
     moved = batch.ids.clone()
     moved[:, Layout().id_slots.index("age")] = moved[:, Layout().id_slots.index("age")] % 12 + 1
     assert not torch.equal(model(batch), model(Batch(moved, batch.dense, batch.lists, batch.label)))
+    wide_items = WideDeep.build(replace(config("deep"), embedding_dim=32), Layout()).deep.slots
+    assert {s.name: s.dim for s in wide_items if s.name in ("age", "price", "country")} == {"age": 8, "price": 8, "country": 32}
+    own = Layout(features=tuple(replace(f, embedding_dim=3) if f.name == "age" else f for f in Layout().features))
+    assert [s.dim for s in WideDeep.build(config("deep"), own).deep.slots if s.name == "age"] == [3]  # the feature's own dim
     plain = Layout(features=tuple(replace(f, embed_buckets=False) if f.type == "continuous" else f for f in Layout().features))
     assert WideDeep.build(config("deep"), plain).deep.in_dim == model.deep.in_dim - 16
     assert not any(s.name in ("age", "price") for s in WideDeep.build(config("deep"), plain).deep.slots)

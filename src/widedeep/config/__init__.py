@@ -26,6 +26,9 @@ class DataConfig:
     prepared: str = ""  # where encoded shards and features.json go; default "<train.out>/prepared"
 
 
+BUCKET_EMBEDDING_DIM = 8  # a quantile bucket (<= n_q values of one number) needs far fewer dimensions than an item
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     name: str
@@ -39,7 +42,7 @@ class FeatureSpec:
     quantiles: int = 100  # continuous: the paper's n_q
     normalization: Literal["interpolated", "bucket"] = "interpolated"  # continuous: see widedeep.features.quantile
     embed_buckets: bool = True  # continuous: the deep part also embeds the value's quantile bucket
-    embedding_dim: int = 0  # 0 = model.embedding_dim
+    embedding_dim: int = 0  # 0 = model.embedding_dim (a continuous feature's bucket: at most BUCKET_EMBEDDING_DIM)
     pooling: Literal["mean", "sum"] = "mean"  # multi-valued pooling in the deep part
 
     @property

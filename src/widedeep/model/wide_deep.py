@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from widedeep.batch import Batch
-from widedeep.config import FeatureSpec, ModelConfig
+from widedeep.config import BUCKET_EMBEDDING_DIM, FeatureSpec, ModelConfig
 from widedeep.model.deep import Deep, EmbeddingSlot
 from widedeep.model.tables import SlotRows
 from widedeep.model.wide import Wide
@@ -81,11 +81,11 @@ class WideDeep(nn.Module):
                         dense_cols.append(fs.dense_names.index(col))
                         dense_names.append(col)
                         dense_features.append(name)
-                dim = spec.embedding_dim or model_cfg.embedding_dim
-                if spec.type == "continuous":
                     if spec.embed_buckets:  # the quantile bucket's id slot, beside the value: a shape the MLP need not learn
+                        dim = spec.embedding_dim or min(model_cfg.embedding_dim, BUCKET_EMBEDDING_DIM)
                         slots.append(EmbeddingSlot(name, "id", id_index[name], size(name), dim))
                     continue
+                dim = spec.embedding_dim or model_cfg.embedding_dim
                 if name in id_index:
                     slots.append(EmbeddingSlot(name, "id", id_index[name], size(name), dim, spec.pooling))
                 elif name in list_index:
