@@ -232,10 +232,14 @@ def test_float_block_ragged_equals_each_row() -> None:
     qs = [Quantiles(q, normalization=nm).partial_fit(rng.exponential(s, 300)).finalize()
           for q, nm, s in [(10, "interpolated", 1.0), (4, "bucket", 5.0), (100, "interpolated", 50.0)]]  # fmt: skip
     block = FloatBlock(qs)
-    for counts in [(5, 1, 3), (1, 1, 1), (0, 7, 2), (4, 4, 4)]:
-        x = rng.normal(2, 3, sum(counts))
-        x[::5] = np.nan
-        i, ids, value, null = block.encode_flat(x, counts)
+    special = [np.nan, np.inf, -np.inf, -0.0, 0.0, -1e300, 1e300]
+    patterns = [(5, 1, 3), (1, 1, 1), (0, 7, 2), (4, 4, 4), (3, 1, 1), (6, 2, 1)]  # single values at the end: bisect
+    for counts in patterns * 10:
+        # normal values, each feature's own boundaries (equal values go right) and special values
+        pools = [np.concatenate([rng.normal(2, 3, 5), q.boundaries_, special]) for q in qs]
+        x = np.concatenate([rng.choice(pool, k) for pool, k in zip(pools, counts)])
+        c, ids, value, null = block.encode_flat(x, counts)
+        i = c + 1
         a = 0
         for j, k in enumerate(counts):
             s, ok = slice(a, a + k), ~np.isnan(x[a : a + k])

@@ -153,7 +153,7 @@ class RequestPlan:
             if x is None:
                 return None
             k, m = self.k, len(self.floats) - self.k
-            i, float_ids, value, null = self.block.encode_flat(x, (n,) * k + (1,) * m)
+            c, float_ids, value, null = self.block.encode_flat(x, (n,) * k + (1,) * m)  # c: bucket index i - 1
             if k:
                 ids[:, self.float_slots[0]] = float_ids[: k * n].reshape(k, n).T
                 dense[:, self.value_slots[0]] = value[: k * n].reshape(k, n).T
@@ -164,7 +164,7 @@ class RequestPlan:
                 dense[:, self.null_slots[1]] = null[k * n :]
             for j, name in self.float_crossed:
                 at = slice(j * n, (j + 1) * n) if j < k else slice(k * n + j - k, k * n + j - k + 1)
-                col = Column(float_ids[at], None, None, Tokens(hash_ints(i[at], BUCKET_SALT), None, null[at]))
+                col = Column(float_ids[at], None, None, Tokens(hash_ints(c[at] + 1, BUCKET_SALT), None, null[at]))
                 cols[name] = col if j < k else col.repeat(n)
 
         # The rest: multi-valued features, and the crosses with a list, a candidate column or a number in them.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import operator
 import struct
 import threading
+from bisect import bisect_right
 from itertools import accumulate, chain, repeat
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -155,6 +156,7 @@ class FloatBlock:
     def __init__(self, quantiles: Sequence[Quantiles]):
         self.key = tuple(q.boundaries_ for q in quantiles)  # the fitted state this block is valid for (by identity)
         self._bounds = list(self.key)
+        self._lists = [b.tolist() for b in self._bounds]  # for `bisect` on single values
         edges = [np.concatenate([[q.min_], q.boundaries_, [max(q.max_, q.min_)]]) for q in quantiles]
         self._starts = np.cumsum([0] + [len(e) for e in edges[:-1]]).astype(np.int64)  # feature j's first edge
         self._nb = np.array([q.buckets for q in quantiles], np.int64)
@@ -179,14 +181,18 @@ class FloatBlock:
         """(bucket index i int64, id int32, normalized value float32, null bool), each (F, n), of values `x` (F, n)
         float64 with NaN for missing: a missing value has id 1, value 0.0 and a garbage i."""
         f, n = x.shape
-        out = self.encode_flat(x.reshape(-1), (n,) * f)
-        return tuple(a.reshape(f, n) for a in out)  # type: ignore[return-value]
+        c, ids, value, null = self.encode_flat(x.reshape(-1), (n,) * f)
+        return (c + 1).reshape(f, n), ids.reshape(f, n), value.reshape(f, n), null.reshape(f, n)
 
     def encode_flat(self, x: np.ndarray, counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """`encode` of ragged values: x float64 holds counts[j] values of feature j after those of the features before it
-        (a request's candidate columns, then its context's single values); the results are laid out alike."""
-        segments, starts, nb = self._layout(tuple(counts))
-        c = np.concatenate([b.searchsorted(x[s], side="right") for b, s in zip(self._bounds, segments)])  # i - 1
+        """`encode` of ragged values, but with i - 1 for i: x float64 holds counts[j] values of feature j after those of the
+        features before it (a request's candidate columns, then its context's single values); the results are laid out
+        alike. Single values at the end are searched by `bisect` (it finds what searchsorted does), not a numpy call each."""
+        segments, starts, nb, tail = self._layout(tuple(counts))
+        found = [b.searchsorted(x[s], side="right") for b, s in zip(self._bounds[:tail], segments[:tail])]
+        if tail < len(counts):
+            found.append(np.array(list(map(bisect_right, self._lists[tail:], x[segments[tail].start :].tolist())), np.int64))
+        c = np.concatenate(found)  # i - 1: how many boundaries are <= x
         null = np.isnan(x)
         g = c + starts
         t = (x - self._lower.take(g)) / self._width.take(g)
@@ -200,18 +206,24 @@ class FloatBlock:
             value[s] = (c[s] / (self._nb[j] - 1)).astype(np.float32)
         for j in self._zero:
             value[segments[j]] = 0.0
-        value[null] = 0.0
         ids = np.add(c, 3, dtype=np.int32)
-        ids[null] = 1
-        return c + 1, ids, value, null
+        if null.any():
+            value[null] = 0.0
+            ids[null] = 1
+        return c, ids, value, null
 
-    def _layout(self, counts: tuple[int, ...]) -> tuple[list[slice], np.ndarray, np.ndarray]:
-        """Each feature's segment of a ragged x, and each value's first edge index and number of buckets."""
+    def _layout(self, counts: tuple[int, ...]) -> tuple[list[slice], np.ndarray, np.ndarray, int]:
+        """Each feature's segment of a ragged x, each value's first edge index and number of buckets, and where the
+        trailing run of single values starts."""
         layout = self._layouts.get(counts)
         if layout is None:
             if len(self._layouts) >= LAYOUTS_LIMIT:
                 self._layouts = {}
             ends = list(accumulate(counts))
             segments = [slice(a, b) for a, b in zip([0, *ends[:-1]], ends)]
-            layout = self._layouts[counts] = (segments, np.repeat(self._starts, counts), np.repeat(self._nb, counts))
+            tail = len(counts)
+            while tail and counts[tail - 1] == 1:
+                tail -= 1
+            layout = (segments, np.repeat(self._starts, counts), np.repeat(self._nb, counts), tail)
+            self._layouts[counts] = layout
         return layout
