@@ -5,8 +5,8 @@ steps instead of a dozen numpy calls per feature.
 At a few hundred candidates the number of numpy calls and of Python steps per value sets the cost, not the arithmetic.
 So the candidates' scalar token columns go through their token memos in one pass, the context's tokens and the crosses
 among them are Python ints (encoded once, broadcast by the assignment into the id matrix), and every continuous feature
-goes through one FloatBlock over an (F, n) matrix into which the context's values are broadcast; the id and dense
-matrices are written in place. Multi-valued features, and the crosses that involve one, a candidate column or a number,
+goes through one FloatBlock, the candidates' columns (n values each) and the context's values (one each) together; the
+id and dense matrices are written in place. Multi-valued features, and the crosses that involve one, a candidate column or a number,
 take FeatureSet's general small-batch path. The encodings are that path's bit for bit (the same memos, FloatBlock and
 hash functions). For anything else (a missing context field, a value of another type, a huge integer) `encode` returns
 None and the caller runs the general path, which converts the value or raises its usual error.
