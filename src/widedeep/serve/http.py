@@ -55,7 +55,6 @@ import logging
 import os
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -70,6 +69,7 @@ from widedeep.features.columnar import Rows
 from widedeep.serve.arms import Arms
 from widedeep.metrics import json_safe
 from widedeep.serve.errors import RequestError
+from widedeep.serve.handoff import WorkThreads
 from widedeep.serve.limits import Limits
 from widedeep.serve.live import LiveScorer
 from widedeep.serve.openapi import (
@@ -121,12 +121,12 @@ def create_app(live: LiveScorer | Arms, limits: Limits = Limits(), logs: ServerL
             yield
         finally:
             arms.stop()
-            pool.shutdown(wait=False)
+            threads.close()
             if logs is not None:
                 logs.stop()  # writes what is queued: uvicorn has answered every request by now
 
     app = RankingApp(title="widedeep ranking API", version="1", lifespan=lifespan)
-    pool = ThreadPoolExecutor(WORK_THREADS, thread_name_prefix="widedeep-http")
+    threads = WorkThreads(WORK_THREADS, "widedeep-http")
     app.state.live, app.state.arms, app.state.logs = arms.first.live, arms, logs
     app.state.metrics, app.state.limits = metrics, limits
 
@@ -139,7 +139,7 @@ def create_app(live: LiveScorer | Arms, limits: Limits = Limits(), logs: ServerL
             body = await read_body(scope, receive, limits)
             listen = asyncio.ensure_future(receive())  # done (http.disconnect) if the client leaves meanwhile
             try:
-                out, then, parsed = await _in_thread(pool, work, body)
+                out, then, parsed = await threads.run(work, body)
             finally:
                 left = listen.done()
                 listen.cancel()
@@ -307,33 +307,6 @@ class RankingApp(FastAPI):
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-def _in_thread(pool: ThreadPoolExecutor, work: Callable[[bytes], Work], body: bytes) -> asyncio.Future[Work]:
-    """`work(body)` on `pool`, its outcome handed to the event loop in one call (run_in_executor chains two futures
-    through three callbacks: a third more time per hand-off, measured)."""
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-
-    def run() -> None:
-        try:
-            out = work(body)
-        except BaseException as e:  # noqa: BLE001 -- raised again in the request that awaits it
-            loop.call_soon_threadsafe(_settle, done, None, e)
-        else:
-            loop.call_soon_threadsafe(_settle, done, out, None)
-
-    pool.submit(run)
-    return done
-
-
-def _settle(future: asyncio.Future[Work], out: Work | None, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(out)
 
 
 def _answer(obj: Any, status: int, metrics: ServerMetrics, route: str, t0: float, close: bool = False, parsed: Any = None) -> Answer:
