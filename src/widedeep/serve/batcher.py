@@ -3,11 +3,11 @@
 As TF Serving's batcher and Triton's dynamic batcher, with a bounded queue. Each request is parsed and transformed in its
 own thread and then queued. Up to `passes` passes run at once: a thread that finds a slot free scores at once what is
 waiting (first come first, up to `max_candidates` rows; a larger request goes alone), its own request among them, and
-hands each request its own logits; the others wait in the queue, and a finishing pass hands its slot to the thread of
-the first of them, which takes every request that has queued meanwhile. Each waiting thread is woken once. A lone
-request is scored at once on its own thread, exactly as without batching. `max_delay_us` is how long a pass waits for
-more requests before it starts (the default 0 never waits). Past `max_queue` waiting requests a request is refused with
-503 (try again).
+hands each request its own logits; the others wait in the queue, and a finishing pass wakes the thread of the first of
+them, which takes every request that has queued meanwhile (unless a thread already running takes the slot first). A
+waiting thread is woken only with its answer or to score the next pass. A lone request is scored at once on its own
+thread, exactly as without batching. `max_delay_us` is how long a pass waits for more requests before it starts (the
+default 0 never waits). Past `max_queue` waiting requests a request is refused with 503 (try again).
 
 One pass at a time by default: a server process is bound by the interpreter lock (parsing, the feature transform and
 the HTTP layer hold it; one process keeps about one of two cores busy), so a second pass beside the first only contends
@@ -68,8 +68,7 @@ class _Waiting:
     dense: np.ndarray  # (n, C) float32
     lists: list[np.ndarray]  # (n, L_j) int64, 0-padded
     context_columns: frozenset[str] | None  # the input columns its context holds (None: every row on its own)
-    wake: threading.Condition  # its thread waits here: for its answer, or for a pass slot handed to it
-    lead: bool = False  # its thread holds a pass slot
+    wake: threading.Condition  # its thread waits here: for its answer, or for a free pass slot at the queue's head
     logits: np.ndarray | None = None
     error: BaseException | None = None
     done: bool = False
@@ -90,7 +89,7 @@ class Batcher:
         self._filling = threading.Condition(self._lock)  # a pass waiting max_delay_us for more requests
         self._queue: deque[_Waiting] = deque()  # requests no pass has taken yet, first come first
         self.max_passes = batching.passes
-        self._running = 0  # pass slots held (threads scoring, or handed a slot and about to)
+        self._running = 0  # passes being scored now
         self._pool = ThreadPoolExecutor(scorer.threads - 1, thread_name_prefix="widedeep-batch") if scorer.threads > 1 else None
         self.passes = self.requests = 0  # so far; requests / passes is the mean number of requests in a pass
 
@@ -98,8 +97,9 @@ class Batcher:
         """Logits (N,) of one request's encoded rows, scored in a pass shared with the requests waiting beside it.
 
         A thread that finds a pass slot free scores a pass at once; else its request waits in the queue until a pass
-        takes it (the thread is woken once, with its answer) or a finishing pass hands the slot on to it (the queue's
-        head). Each thread is woken only for its own request: no thread runs just to find it has nothing to do."""
+        takes it (its thread is woken with its answer) or it is the queue's head when a pass ends (its thread is woken
+        to take the freed slot, unless a thread already running takes it first: no slot waits for a thread that the
+        kernel has not scheduled yet)."""
         item = _Waiting(
             np.ascontiguousarray(enc.ids, dtype=np.int64),
             np.ascontiguousarray(enc.dense, dtype=np.float32),
@@ -111,20 +111,16 @@ class Batcher:
             if len(self._queue) >= self.batching.max_queue:
                 raise RequestError("", f"the scoring queue is full ({self.batching.max_queue} requests); try again", 503)
             self._queue.append(item)
-            if self._running < self.max_passes:
-                self._running += 1
-                item.lead = True
-            elif self.batching.max_delay_us:
+            if self._running >= self.max_passes and self.batching.max_delay_us:
                 self._filling.notify_all()  # a pass waiting to fill sees the new rows
-            try:
-                while not item.done:
-                    if not item.lead:
-                        item.wake.wait()
-                        continue
+            while not item.done:
+                if self._running >= self.max_passes:
+                    item.wake.wait()
+                    continue
+                self._running += 1
+                batch: list[_Waiting] = []
+                try:
                     batch = self._take()
-                    if not batch:  # a pass beside this one took this request: wait for it as any other
-                        self._hand_on(item)
-                        continue
                     self._lock.release()
                     try:
                         self._score(batch)
@@ -133,27 +129,19 @@ class Batcher:
                         for waiting in batch:
                             waiting.done = True
                             waiting.wake.notify()
-                        self.passes += 1
+                        self.passes += bool(batch)
                         self.requests += len(batch)
-            finally:
-                if item.lead:
-                    self._hand_on(item)
+                finally:
+                    self._running -= 1
+                    if self._queue:
+                        self._queue[0].wake.notify()  # the next pass's first request
+                if not batch and not item.done:
+                    item.wake.wait()  # a pass beside this one took this request: its thread wakes this one
         if item.error is not None:
             raise item.error
         if item.logits is None:
             raise RuntimeError(f"batched pass ended without scores for a request of {item.rows} rows (pass {self.passes})")
         return item.logits
-
-    def _hand_on(self, item: _Waiting) -> None:
-        """`item`'s thread gives up its pass slot: to the thread of the first waiting request that holds none (woken to
-        score the next pass), or back to the pool when none waits. Called holding the lock."""
-        item.lead = False
-        nxt = next((w for w in self._queue if not w.lead), None)
-        if nxt is None:
-            self._running -= 1
-        else:
-            nxt.lead = True
-            nxt.wake.notify()
 
     def close(self) -> None:
         if self._pool is not None:
