@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 _Job = tuple[asyncio.AbstractEventLoop, asyncio.Future, Callable[[Any], Any], Any]
