@@ -40,6 +40,7 @@ class SyntheticLayout:
     dense_names: tuple[str, ...] = ()
     cardinality: dict[str, int] = field(default_factory=dict)
     features: tuple[FeatureSpec, ...] = ()
+    bucket_embedded: frozenset[str] = frozenset()  # the paper's deep input: continuous values only
 
     def __post_init__(self) -> None:
         cats = [f"c{i}" for i in range(self.n_cat)]
@@ -53,7 +54,7 @@ class SyntheticLayout:
         }
         self.features = tuple(
             [FeatureSpec(c, "categorical") for c in cats]
-            + [FeatureSpec(c, "continuous", embed_buckets=False) for c in conts]  # the paper's deep input: values only
+            + [FeatureSpec(c, "continuous") for c in conts]
             + [FeatureSpec(name, "categorical", multi_valued=True) for name in self.list_slots]
         )
 

@@ -22,7 +22,7 @@ def test_tiny_config_loads(tiny_config: Path) -> None:
     assert cfg.feature("country").min_count == 2 and cfg.feature("user_id").buckets == 64
     assert cfg.feature("installed_apps").multi_valued and cfg.cross("country_x_impression").columns == ("country", "impression_app")
     assert cfg.model.hidden == (16, 8) and cfg.prepared_dir == tiny_config.parent / "run" / "prepared"
-    assert cfg.feature("age").embed_buckets  # a continuous feature's bucket is embedded unless the config says no
+    assert cfg.feature("age").embed_buckets == "auto"  # the FeatureSet decides from the data (FeatureSet.bucket_embedded)
     off = load(write(tiny_config.parent, TINY_CONFIG.replace("quantiles = 10", "quantiles = 10\nembed_buckets = false", 1)))
     assert not off.feature("age").embed_buckets and from_dict(to_dict(off), off.path) == off
     assert from_dict(to_dict(cfg), cfg.path) == cfg
@@ -36,7 +36,8 @@ def test_tiny_config_loads(tiny_config: Path) -> None:
         ('label = "installed"', "label = 3", r"\[data\] label: must be str, got 3"),
         ("quantiles = 10", 'quantiles = "ten"', r"\[features.age\] quantiles: must be int"),
         ("quantiles = 10", "quantiles = 1", r"\[features.age\] quantiles: must be >= 2, got 1"),
-        ("quantiles = 10", "quantiles = 10\nembed_buckets = 1", r"\[features.age\] embed_buckets: must be bool, got 1"),
+        ("quantiles = 10", "quantiles = 10\nembed_buckets = 1", r"\[features.age\] embed_buckets: must be bool or str, got 1"),
+        ("quantiles = 10", 'quantiles = 10\nembed_buckets = "yes"', r"\[features.age\] embed_buckets: must be true, false or \"auto\", got 'yes'"),
         ("min_count = 2", "min_count = true", r"\[features.country\] min_count: must be int, got True"),
         ("min_count = 2", "min_count = 0", r"\[features.country\] min_count: must be >= 1, got 0"),
         ("buckets = 64", "", r"\[features.user_id\] buckets: is required"),

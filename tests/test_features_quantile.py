@@ -99,6 +99,18 @@ def test_a_point_mass_does_not_swallow_the_tail(exact_limit: int) -> None:
     assert len(np.unique(paper.normalize(probe, paper.bucketize(probe))[probe > 0])) <= 3  # what it replaces
 
 
+@pytest.mark.parametrize("exact_limit", [1 << 20, 1000])
+def test_top_share_is_the_most_common_values_share(exact_limit: int) -> None:
+    x = zero_inflated(20_000, seed=6)
+    q = Quantiles(100, exact_limit=exact_limit).partial_fit(x[:7000]).merge(Quantiles(100, exact_limit=exact_limit).partial_fit(x[7000:]))
+    assert q.finalize().top_share_ == pytest.approx(np.mean(x == 0), abs=0.005)
+    smooth = Quantiles(100).partial_fit(np.random.default_rng(0).normal(size=5000)).finalize()
+    assert smooth.top_share_ <= 0.01
+    assert Quantiles.from_dict(q.to_dict()).top_share_ == q.top_share_
+    old = {k: v for k, v in q.to_dict().items() if k != "top_share"}  # written before the share was kept
+    assert Quantiles.from_dict(old).top_share_ == 0.0
+
+
 def test_mass_aware_cuts_merge_equals_one_pass() -> None:
     x = zero_inflated(10_000, seed=5)
     whole = Quantiles(50).partial_fit(x).finalize()

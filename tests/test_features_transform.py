@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,21 @@ def test_save_load_round_trip_is_exact_and_deterministic(fitted: FeatureSet, tin
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]  # no temp files left behind
 
 
+def test_bucket_embedded_follows_the_config_and_the_data(tiny_config: Path) -> None:
+    """"auto" embeds the bucket of a feature whose most common value holds at least half of its values (a zero-inflated
+    amount), not of a smooth one; true and false are obeyed; the choice survives features.json."""
+    cfg = load(tiny_config)
+    table = pq.read_table(tiny_config.parent / "train.parquet")
+    price = table.column("price").to_numpy()
+    inflated = table.set_column(table.schema.get_field_index("price"), "price", pa.array(np.where(np.arange(len(price)) % 10 < 7, 0.0, price)))
+    assert FeatureSet.from_config(cfg).fit(table).bucket_embedded == frozenset()  # age normal, price exponential
+    fs = FeatureSet.from_config(cfg).fit(inflated)
+    assert fs.bucket_embedded == {"price"}
+    assert FeatureSet.from_dict(json.loads(json.dumps(fs.to_dict()))).bucket_embedded == {"price"}
+    told = tuple(replace(f, embed_buckets=f.name == "age") if f.type == "continuous" else f for f in cfg.features)
+    assert FeatureSet(told, cfg.crosses, cfg.data.label).fit(inflated).bucket_embedded == {"age"}
+
+
 def test_feature_files_without_newer_keys_keep_their_old_meaning(fitted: FeatureSet) -> None:
     """features.json written before the interpolated normalization and bucket embeddings: "bucket", and no embedding
     (so a model trained then rebuilds with the same parameters)."""
@@ -156,7 +172,7 @@ def test_feature_files_without_newer_keys_keep_their_old_meaning(fitted: Feature
     assert [(f.normalization, f.embed_buckets) for f in old.features if f.type == "continuous"] == [("bucket", False)] * sum(
         f.type == "continuous" for f in fitted.features
     )
-    assert all(f.embed_buckets for f in fitted.features if f.type == "continuous")
+    assert all(f.embed_buckets == "auto" for f in fitted.features if f.type == "continuous")
 
 
 def test_load_errors_name_the_file(fitted: FeatureSet, tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ class Layout:
         FeatureSpec("price", "continuous", quantiles=5),
     )
     crosses: tuple[CrossSpec, ...] = (CrossSpec("country_x_imp", ("country", "imp"), 128), CrossSpec("apps_x_imp", ("apps", "imp"), 256))
+    bucket_embedded: frozenset[str] = frozenset({"age", "price"})
 
 
 @pytest.fixture(autouse=True)
@@ -190,9 +191,9 @@ def test_architecture_is_json_and_describes_the_model() -> None:
     assert arch["wide"]["rows"] == 1 + sum(Layout().cardinality[n] - 1 for n in WIDE)
 
 
-def test_continuous_features_embed_their_bucket_unless_told_not_to() -> None:
-    """A continuous deep feature enters as its value, its null flag and (by default) an embedding of its quantile bucket;
-    the bucket's embedding moves the logit when only the bucket id changes."""
+def test_continuous_features_embed_their_bucket_where_the_feature_set_says() -> None:
+    """A continuous deep feature enters as its value, its null flag and, where FeatureSet.bucket_embedded names it, an
+    embedding of its quantile bucket; the bucket's embedding moves the logit when only the bucket id changes."""
     torch.manual_seed(0)
     model = WideDeep.build(config("deep"), Layout())
     assert [(s.name, s.source, s.cardinality) for s in model.deep.slots if s.name in ("age", "price")] == [("age", "id", 13), ("price", "id", 8)]
@@ -207,7 +208,7 @@ def test_continuous_features_embed_their_bucket_unless_told_not_to() -> None:
     assert {s.name: s.dim for s in wide_items if s.name in ("age", "price", "country")} == {"age": 8, "price": 8, "country": 32}
     own = Layout(features=tuple(replace(f, embedding_dim=3) if f.name == "age" else f for f in Layout().features))
     assert [s.dim for s in WideDeep.build(config("deep"), own).deep.slots if s.name == "age"] == [3]  # the feature's own dim
-    plain = Layout(features=tuple(replace(f, embed_buckets=False) if f.type == "continuous" else f for f in Layout().features))
+    plain = Layout(bucket_embedded=frozenset())
     assert WideDeep.build(config("deep"), plain).deep.in_dim == model.deep.in_dim - 16
     assert not any(s.name in ("age", "price") for s in WideDeep.build(config("deep"), plain).deep.slots)
 
@@ -297,8 +298,8 @@ def test_builds_from_a_real_feature_set_and_trains(tiny_config) -> None:
         first = first if first is not None else loss.item()
     assert loss.item() < first
     arch = model.architecture()
-    # 4 embedded features and the buckets of age and price x 8 dims + age, age__null, price, price__null
-    assert arch["deep"]["input_dim"] == 8 * 6 + 4
+    assert fs.bucket_embedded == frozenset()  # neither age (normal) nor price (exponential) has a dominant value
+    assert arch["deep"]["input_dim"] == 8 * 4 + 4  # 4 embedded features x 8 dims + age, age__null, price, price__null
     assert set(arch["wide"]["slots"]) == set(cfg.model.wide)
     assert 0.0 < model.wide_sparsity() < 1.0
 

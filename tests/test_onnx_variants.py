@@ -28,6 +28,7 @@ class ScalarLayout:
         FeatureSpec("b", "hashed", buckets=37),
         FeatureSpec("x", "continuous"),
     )
+    bucket_embedded: frozenset[str] = frozenset({"x"})  # the bucket's embedding goes through the export too
 
 
 def randomized(module: WideDeep) -> WideDeep:

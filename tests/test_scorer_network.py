@@ -21,8 +21,8 @@ def _layout(embed_buckets: bool = False):
         FeatureSpec("installed", "categorical", multi_valued=True, pooling="mean"),
         FeatureSpec("app", "categorical"),
         FeatureSpec("user", "hashed", buckets=16, embedding_dim=4),
-        FeatureSpec("age", "continuous", column="user_age", embed_buckets=embed_buckets),
-        FeatureSpec("price", "continuous", embed_buckets=embed_buckets),
+        FeatureSpec("age", "continuous", column="user_age"),
+        FeatureSpec("price", "continuous"),
         FeatureSpec("tags", "hashed", multi_valued=True, buckets=8, pooling="sum"),
     )
     return SimpleNamespace(
@@ -32,6 +32,7 @@ def _layout(embed_buckets: bool = False):
         cardinality={"country": 7, "app": 12, "user": 19, "age": 8, "price": 6, "country_x_app": 35, "installed": 12, "tags": 11,
                      "installed_x_app": 67},
         features=feats,
+        bucket_embedded=frozenset({"age", "price"} if embed_buckets else ()),
     )
 
 

@@ -27,6 +27,7 @@ class DataConfig:
 
 
 BUCKET_EMBEDDING_DIM = 8  # a quantile bucket (<= n_q values of one number) needs far fewer dimensions than an item
+EMBED_BUCKETS_SHARE = 0.5  # embed_buckets "auto": when one value holds at least this share of a feature's values
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class FeatureSpec:
     buckets: int = 0  # hashed: number of hash buckets
     quantiles: int = 100  # continuous: the paper's n_q
     normalization: Literal["interpolated", "bucket"] = "interpolated"  # continuous: see widedeep.features.quantile
-    embed_buckets: bool = True  # continuous: the deep part also embeds the value's quantile bucket
+    embed_buckets: bool | Literal["auto"] = "auto"  # continuous: the deep part also embeds the value's quantile bucket
     embedding_dim: int = 0  # 0 = model.embedding_dim (a continuous feature's bucket: at most BUCKET_EMBEDDING_DIM)
     pooling: Literal["mean", "sum"] = "mean"  # multi-valued pooling in the deep part
 
@@ -193,6 +194,13 @@ def _optimizer(value: Any, where: str, file: Path) -> OptimizerConfig:
     return OptimizerConfig(name, tuple(params))
 
 
+def _embed_buckets(r: _Reader) -> bool | Literal["auto"]:
+    value = r.get("embed_buckets", (bool, str), FeatureSpec.embed_buckets)
+    if value not in (True, False, "auto"):
+        r.fail(f'must be true, false or "auto", got {value!r}', "embed_buckets")
+    return value
+
+
 def _feature(name: str, table: Any, file: Path) -> FeatureSpec:
     r = _Reader(table, f"[features.{name}]", file)
     kind = r.get("type", str, choices=("categorical", "hashed", "continuous"))
@@ -212,7 +220,7 @@ def _feature(name: str, table: Any, file: Path) -> FeatureSpec:
             spec,
             quantiles=q,
             normalization=r.get("normalization", str, F.normalization, choices=("interpolated", "bucket")),
-            embed_buckets=r.get("embed_buckets", bool, F.embed_buckets),
+            embed_buckets=_embed_buckets(r),
         )
     else:
         multi = r.get("multi_valued", bool, F.multi_valued)

@@ -94,7 +94,8 @@ def write_criteo_like(path: str | Path, n_rows: int, seed: int = 0) -> Path:
 
 def criteo_like_toml(train: str, eval: str = "", out: str = "runs/criteo_like", embed_buckets: bool = True) -> str:
     """The config of the benchmark: 26 categorical + 13 continuous features, crosses C1 x C2 and C3 x C4 (1M buckets).
-    `embed_buckets=False` gives the paper's deep input: continuous features as their values only."""
+    `embed_buckets=False` writes `embed_buckets = false` (the paper's deep input: continuous values only); True leaves the
+    library's default."""
     lines = ["[data]", f"train = {str(train)!r}", f"eval = {str(eval)!r}" if eval else "", 'label = "clicked"', ""]
     for j in range(1, 27):
         lines += [f"[features.C{j}]", 'type = "categorical"', "min_count = 2", ""]

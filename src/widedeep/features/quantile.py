@@ -45,6 +45,7 @@ class Quantiles:
         self._exact_n = 0
         self._sketch: kll_doubles_sketch | None = None
         self.boundaries_: np.ndarray | None = None
+        self.top_share_ = 0.0  # the share of the values at the most common one (exact above 1/n_q), set by finalize
         return self
 
     def partial_fit(self, values: np.ndarray, nulls: int = 0) -> "Quantiles":
@@ -94,13 +95,17 @@ class Quantiles:
         if self.boundaries_ is not None:
             return self
         ranks = np.arange(1, self.quantiles) / self.quantiles
+        self.top_share_ = 0.0
         if self.count_ == 0:
             cuts = np.zeros(0)
         else:
             quantile, below = self._cdf()
             cuts = quantile(ranks)
+            candidates = np.unique(cuts)  # every value holding more than 1/n_q of the rows is among them
+            lo, hi = below(candidates)
+            self.top_share_ = float((hi - lo).max())
             if self.normalization == "interpolated":
-                cuts = self._mass_aware_cuts(cuts, ranks, quantile, below)
+                cuts = self._mass_aware_cuts(cuts, ranks, quantile, candidates, lo, hi)
         self.boundaries_ = np.unique(cuts[cuts > self.min_])
         return self
 
@@ -128,11 +133,12 @@ class Quantiles:
 
         return quantile_sk, below_sk
 
-    def _mass_aware_cuts(self, cuts: np.ndarray, ranks: np.ndarray, quantile: Any, below: Any) -> np.ndarray:
-        """The point masses among `cuts` (values holding more than 1/n_q of the rows), plus cut points at the ranks j/n_q
-        of the remaining values (their ranks mapped back past the masses)."""
-        candidates = np.unique(cuts)
-        lo, hi = below(candidates)
+    def _mass_aware_cuts(
+        self, cuts: np.ndarray, ranks: np.ndarray, quantile: Any, candidates: np.ndarray, lo: np.ndarray, hi: np.ndarray
+    ) -> np.ndarray:
+        """The point masses among `cuts` (values holding more than 1/n_q of the rows; `candidates` are the distinct cuts,
+        `lo`/`hi` their ranks below and at them), plus cut points at the ranks j/n_q of the remaining values (their ranks
+        mapped back past the masses)."""
         heavy = hi - lo > 1.0 / self.quantiles
         if not heavy.any():
             return cuts
@@ -182,6 +188,7 @@ class Quantiles:
             "nulls": self.nulls_,
             "min": self.min_ if finite else None,
             "max": self.max_ if finite else None,
+            "top_share": self.top_share_,
         }
 
     @classmethod
@@ -194,4 +201,5 @@ class Quantiles:
         q.count_, q.nulls_ = int(d.get("count", 0)), int(d.get("nulls", 0))
         q.min_ = np.inf if d.get("min") is None else float(d["min"])
         q.max_ = -np.inf if d.get("max") is None else float(d["max"])
+        q.top_share_ = float(d.get("top_share", 0.0))
         return q

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from widedeep.config import Config, CrossSpec, FeatureSpec
+from widedeep.config import EMBED_BUCKETS_SHARE, Config, CrossSpec, FeatureSpec
 from widedeep.features import columns as C
 from widedeep.features.columnar import column_length, column_values
 from widedeep.features.columns import FeatureError
@@ -97,6 +97,18 @@ class FeatureSet:
     @property
     def dense_names(self) -> tuple[str, ...]:
         return tuple(n for f in self.features if f.type == "continuous" for n in (f.name, f"{f.name}__null"))
+
+    @property
+    def bucket_embedded(self) -> frozenset[str]:
+        """Continuous features whose quantile bucket the deep part embeds beside the value: `embed_buckets = true`, or
+        "auto" where one value holds at least EMBED_BUCKETS_SHARE of the training values (a zero-inflated amount)."""
+        self._finalize()
+        return frozenset(
+            f.name
+            for f in self.features
+            if f.type == "continuous"
+            and (f.embed_buckets is True or (f.embed_buckets == "auto" and self.quantiles_[f.name].top_share_ >= EMBED_BUCKETS_SHARE))
+        )
 
     @property
     def input_columns(self) -> tuple[str, ...]:

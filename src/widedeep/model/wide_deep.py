@@ -22,6 +22,7 @@ class FeatureLayout(Protocol):
     dense_names: tuple[str, ...]
     cardinality: dict[str, int]
     features: tuple[FeatureSpec, ...]
+    bucket_embedded: frozenset[str]  # continuous features whose bucket id the deep part embeds
 
 
 class WideDeep(nn.Module):
@@ -70,6 +71,7 @@ class WideDeep(nn.Module):
             if not model_cfg.deep:
                 raise ValueError(f"[model] deep: type {model_cfg.type!r} needs at least one feature")
             slots, dense_cols, dense_names, dense_features = [], [], [], []
+            embedded = fs.bucket_embedded
             for name in model_cfg.deep:
                 spec = specs.get(name)
                 if spec is None:
@@ -81,7 +83,7 @@ class WideDeep(nn.Module):
                         dense_cols.append(fs.dense_names.index(col))
                         dense_names.append(col)
                         dense_features.append(name)
-                    if spec.embed_buckets:  # the quantile bucket's id slot, beside the value: a shape the MLP need not learn
+                    if name in embedded:  # the quantile bucket's id slot beside the value: a shape the MLP need not learn
                         dim = spec.embedding_dim or min(model_cfg.embedding_dim, BUCKET_EMBEDDING_DIM)
                         slots.append(EmbeddingSlot(name, "id", id_index[name], size(name), dim))
                     continue
