@@ -179,8 +179,10 @@ def overheads(model: Path, backend: str, precision: str, sizes: Sizes) -> str:
         # What batching can gain at most: a shared pass saves each request the network time it costs over its share of
         # the bigger pass, and nothing else (parsing, the transform, the HTTP layer are per request).
         server, saved = lat["HTTP objects"].cpu, floor.cpu - shared.cpu / merged
-        ceiling = (f"batching's ceiling: server CPU per request / (that - what a {merged}-request pass saves it)", f"{server / (server - saved):.2f}x",
-                   f"server {server:.2f} ms CPU per request, the network pass {floor.cpu:.2f} ms of it ({floor.cpu / server:.0%}); "
+        # (/proc counts CPU in clock ticks: a --smoke run's few requests can read as 0)
+        gain, share = (f"{server / (server - saved):.2f}x", f"{floor.cpu / server:.0%}") if server > max(saved, 0) else ("n/a", "n/a")
+        ceiling = (f"batching's ceiling: server CPU per request / (that - what a {merged}-request pass saves it)", gain,
+                   f"server {server:.2f} ms CPU per request, the network pass {floor.cpu:.2f} ms of it ({share}); "
                    f"{shared.cpu / merged:.2f} ms per request in a {merged * sizes.candidates}-row pass", "-")  # fmt: skip
         scorer.close()
         # Throughput of concurrent clients, the servers in turns.
