@@ -152,6 +152,9 @@ def test_second_day_warm_starts_from_the_first(ws: Workspace, day1: RetrainResul
     run_cfg = load(day2.run_dir / "config.toml")
     day1_file = str(ws.config.parent / "history" / DAYS[0] / "impressions.parquet")
     assert run_cfg.data.train == (day1_file, str(day2.run_dir / "day-train.parquet"))  # the window: day 1 whole, day 2's part
+    # "auto" bucket embeddings are decided once, by the first model, and kept: a new day cannot change the layout
+    assert {f.name: f.embed_buckets for f in load(day1.run_dir / "config.toml").features if f.type == "continuous"} == {"age": "auto", "price": "auto"}
+    assert {f.name: f.embed_buckets for f in run_cfg.features if f.type == "continuous"} == {"age": False, "price": False}
     # The same run trained by hand from day 1's model gives the same weights, bit for bit: retrain did warm start.
     from widedeep.train.loop import train
 

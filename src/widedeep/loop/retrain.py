@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from widedeep.artifact import ArtifactError, weights_sha256
+from widedeep.artifact import FEATURES_FILE, ArtifactError, weights_sha256
 from widedeep.atomic import publish_dir, publish_file, remove_stale, sha256_file, write_text_atomic
 from widedeep.config import Config, RetrainConfig, load, to_dict
 from widedeep.demo import dumps_toml
@@ -305,8 +305,14 @@ def _plan(
     raw["data"]["test"] = [str(run_dir / HOLDOUT_FILE)]
     raw["data"]["prepared"] = str(run_dir / "prepared")
     raw["train"]["out"] = str(run_dir)
+    current = reg.current_version()
+    if current is not None:  # keep the served model's bucket embeddings: "auto" decided on new days could change its layout
+        kept = FeatureSet.load(reg.path(current) / FEATURES_FILE).bucket_embedded
+        for name, feature in raw["features"].items():
+            if feature.get("type") == "continuous" and feature.get("embed_buckets", "auto") == "auto":
+                feature["embed_buckets"] = name in kept
     write_text_atomic(run_dir / CONFIG_FILE, dumps_toml(raw))
-    plan = {"key": key, "warm_start": reg.current_version(), "rows": rows}
+    plan = {"key": key, "warm_start": current, "rows": rows}
     write_text_atomic(run_dir / PLAN_FILE, json.dumps(plan, indent=1) + "\n")
     return plan
 
