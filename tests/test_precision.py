@@ -127,6 +127,22 @@ def test_bad_precisions_are_refused_naming_the_value(tiny_model: Path):
         Scorer.load(tiny_model, backend="torch", precision="auto", tuning=Tuning(precisions=("int8",)))
 
 
+@NEEDS_ORT
+def test_the_precision_env_forces_a_path_wherever_it_can_run(tiny_model: Path, monkeypatch: pytest.MonkeyPatch):
+    """WIDEDEEP_PRECISION replaces the asked precision (so a whole test run can take the bf16 or int8 path on any CPU),
+    except where the backend cannot run it."""
+    monkeypatch.setenv(prec.PRECISION_ENV, "int8")
+    for backend, want in (("hybrid", "int8"), ("torch", "fp32")):
+        s = Scorer.load(tiny_model, backend=backend, sub_batch=64, precision="fp32")
+        try:
+            assert s.network.precision == want
+        finally:
+            s.close()
+    monkeypatch.setenv(prec.PRECISION_ENV, "fp16")
+    with pytest.raises(ValueError, match="WIDEDEEP_PRECISION must be one of auto, fp32, bf16, int8; got 'fp16'"):
+        Scorer.load(tiny_model, backend="torch")
+
+
 # -- auto -----------------------------------------------------------------------------------------------------------------
 
 

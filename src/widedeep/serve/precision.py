@@ -28,6 +28,7 @@ does in bf16 or int8, so that `widedeep evaluate/validate --precision` can state
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 from dataclasses import dataclass, replace
@@ -48,6 +49,7 @@ log = logging.getLogger("widedeep.serve")
 
 LOWER = ("bf16", "int8")  # the precisions below fp32
 MIN_SPEEDUP = 1.05  # a lower precision must be this many times faster than fp32 to be chosen
+PRECISION_ENV = "WIDEDEEP_PRECISION"  # fp32/bf16/int8/auto overrides every scorer's precision (forces one path, e.g. in tests)
 
 
 def native_precisions(backend: str) -> tuple[str, ...]:
@@ -150,9 +152,11 @@ class PrecisionReport:
 
 def settle(base: Scorer, requested: str, backend: str, tuning: Tuning) -> tuple[Scorer, PrecisionReport]:
     """The scorer to serve for `requested` (fp32, bf16, int8 or auto), made from the fp32 scorer `base`, and its report.
-    `base` is closed unless it is the one returned."""
+    `base` is closed unless it is the one returned. WIDEDEEP_PRECISION, where set, replaces `requested` wherever the
+    backend and the model can run it."""
     check_precision(requested, backend)
     lowerable = tuple(getattr(base.network, "precisions", ("fp32",)))
+    requested = _forced(requested, backend, lowerable)
     if requested == "fp32":
         return base, PrecisionReport(requested, "fp32", "asked for")
     if requested == "auto":
@@ -195,6 +199,20 @@ def settle(base: Scorer, requested: str, backend: str, tuning: Tuning) -> tuple[
     if not all(m.within for m in measured if m.precision == chosen):
         log.warning("precision %s is outside the bound of fp32: %s", chosen, report.summary())
     return scorers[chosen], report
+
+
+def _forced(requested: str, backend: str, lowerable: Sequence[str]) -> str:
+    """WIDEDEEP_PRECISION in place of `requested` where `backend` and the model (`lowerable`) can run it."""
+    forced = os.environ.get(PRECISION_ENV)
+    if not forced:
+        return requested
+    if forced not in PRECISIONS:
+        raise ValueError(f"{PRECISION_ENV} must be one of {', '.join(PRECISIONS)}; got {forced!r}")
+    try:
+        check_precision(forced, backend)
+    except ValueError:
+        return requested
+    return forced if forced in ("auto", *lowerable) else requested
 
 
 def choose(measured: Sequence[Measured], min_speedup: float = MIN_SPEEDUP, bound: float = PRECISION_BOUND,
