@@ -11,19 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-MACHINE = re.compile(r"machine: .+ \| flags .+ \| \d+ of \d+ CPUs usable \| load average [\d.]+ [\d.]+ [\d.]+ \| python ")
+from benchmark_run import ROOT, run_benchmark
 
 
 def run(script: str, *flags: str, timeout: int = 300) -> str:
     """Run `python benchmarks/<script> --smoke [flags]` from the repository root; its stdout after the machine line."""
-    cmd = [sys.executable, f"benchmarks/{script}", "--smoke", *flags]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"{' '.join(cmd[1:])} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
-    first, _, rest = r.stdout.partition("\n")
-    assert MACHINE.match(first), f"the first line should describe the machine: {first!r}"
-    return rest
+    return run_benchmark(f"benchmarks/{script}", "--smoke", *flags, timeout=timeout)
 
 
 def first_json(text: str) -> dict:

@@ -6,43 +6,20 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from benchmark_run import ROOT, cells, run_benchmark
 
 from widedeep.config import load
 from widedeep.features.io import resolve_paths
 
-ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("appstore", "adult", "adult_plain", "criteo_like_small", "criteo_like_large")
-MACHINE = re.compile(r"machine: .+ \| flags .+ \| \d+ of \d+ CPUs usable \| load average [\d.]+ [\d.]+ [\d.]+ \| python ")
-
-
-def run(*args: str) -> str:
-    cmd = [sys.executable, *args]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"{' '.join(args)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
-    assert MACHINE.match(r.stdout.partition("\n")[0]), f"the first line should describe the machine: {r.stdout[:300]!r}"
-    return r.stdout
-
-
-def cells(out: str, header: str) -> list[list[str]]:
-    """The body rows of the Markdown table whose header line starts with `header`, split into cells."""
-    lines = out.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(header))
-    rows = []
-    for line in lines[start + 2 :]:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip() for c in line.strip("|").split("|")])
-    return rows
 
 
 def test_sweep_data_smoke() -> None:
-    out = run("benchmarks/sweep_data.py", "--smoke")
+    out = run_benchmark("benchmarks/sweep_data.py", "--smoke")
     rows = cells(out, "| data set | train rows |")
     assert [r[0] for r in rows] == list(NAMES), out
     for name, train_rows, eval_rows, config in rows:
@@ -60,7 +37,7 @@ def test_sweep_data_smoke() -> None:
 def test_bf16_cost_smoke() -> None:
     result_path = ROOT / "runs" / "bf16_cost_smoke" / "results.json"
     result_path.unlink(missing_ok=True)
-    out = run("benchmarks/bf16_cost.py", "--smoke", "--json", "runs/bf16_cost_smoke/results.json")
+    out = run_benchmark("benchmarks/bf16_cost.py", "--smoke", "--json", "runs/bf16_cost_smoke/results.json")
     assert re.search(r"^native bf16 \(cpu_has_native_bf16\): (yes|no: bf16 is emulated, and slow)$", out, re.M), out
     summary = cells(out, "| data set | train / eval rows | seeds | fp32 AUC | bf16 AUC | bf16 - fp32 (± SE) |")
     assert [r[0] for r in summary] == list(NAMES), out

@@ -6,35 +6,17 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-MACHINE = re.compile(r"machine: .+ \| flags .+ \| \d+ of \d+ CPUs usable \| load average [\d.]+ [\d.]+ [\d.]+ \| python ")
+from benchmark_run import ROOT, cells, run_benchmark
+
 NAMES = ("adult_plain", "adult_plain_categorical", "criteo_like_small", "adult_plain@256")
-
-
-def cells(out: str, header: str) -> list[list[str]]:
-    """The body rows of the Markdown table whose header line starts with `header`, split into cells."""
-    lines = out.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(header))
-    rows = []
-    for line in lines[start + 2 :]:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip() for c in line.strip("|").split("|")])
-    return rows
 
 
 def test_defaults_smoke() -> None:
     result_path = ROOT / "runs" / "defaults_smoke" / "results.json"
     result_path.unlink(missing_ok=True)
     args = ["benchmarks/defaults.py", "--smoke", "--only", *NAMES, "--rules", "before", "default", "--json", str(result_path)]
-    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
-    assert r.returncode == 0, f"{' '.join(args)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
-    out = r.stdout
-    assert MACHINE.match(out.partition("\n")[0]), f"the first line should describe the machine: {out[:300]!r}"
+    out = run_benchmark(*args, timeout=900)
 
     rows = cells(out, "| data set | train / eval rows | rule | wide AUC |")
     assert [(row[0], row[2]) for row in rows] == [(n, rule) for n in NAMES for rule in ("before", "default")], out

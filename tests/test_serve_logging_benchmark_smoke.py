@@ -4,19 +4,12 @@ processes (logging off and on) timed in alternating rounds; the table, the overh
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-MACHINE = re.compile(r"machine: .+ \| flags .+ \| \d+ of \d+ CPUs usable \| load average [\d.]+ [\d.]+ [\d.]+ \| python ")
+from benchmark_run import run_benchmark
 
 
 def test_serve_logging_smoke() -> None:
-    r = subprocess.run([sys.executable, "benchmarks/serve_logging.py", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"serve_logging.py --smoke failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
-    first, _, out = r.stdout.partition("\n")
-    assert MACHINE.match(first), f"the first line should describe the machine: {first!r}"
+    out = run_benchmark("benchmarks/serve_logging.py", "--smoke")
     assert re.search(r"20 candidates, k = 10, 2 rounds x 5 requests per setting, alternating", out), out
     for label in ("off", r"on \(--log-dir\)"):
         assert re.search(rf"^\| {label} \| [\d.]+ ms \| [\d.]+ ms \| [\d.]+ ms \| 10 \|$", out, re.M), out
