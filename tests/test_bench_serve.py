@@ -31,3 +31,32 @@ def test_in_process_table(tiny_model: Path):
     assert set(r.in_process) == {(12, 1), (6, 2)} and not r.http
     table = r.markdown()
     assert "| 12 x 1 | - |" in table and "| 6 x 2 | - |" in table and "Bare network forward" in table
+
+
+def test_the_socket_client_keeps_its_connection_and_reconnects_after_an_idle_timeout(tiny_model: Path):
+    import json
+    import time
+
+    from widedeep.serve.bench import Client
+    from widedeep.serve.http import BackgroundServer, create_app
+    from widedeep.serve.limits import Limits
+    from widedeep.serve.live import LiveScorer
+
+    live = LiveScorer(tiny_model, lambda p: Scorer.load(p))
+    ctx, cands = synthetic_request(live.scorer, 7)
+    body = json.dumps({"context": ctx, "candidates": cands, "k": 3}).encode()
+    with BackgroundServer(create_app(live, Limits(keep_alive_timeout=0.3))) as srv:
+        client = Client(srv.url)
+        try:
+            status, answer = client.post(body)
+            first = client.sock
+            assert status == 200 and len(json.loads(answer)["items"]) == 3
+            assert client.post(body)[0] == 200 and client.sock is first  # kept alive
+            time.sleep(0.8)  # the server closes the idle connection; the next post connects again
+            status, again = client.post(body)
+            assert status == 200 and client.sock is not first
+            assert json.loads(again)["items"] == json.loads(answer)["items"]
+            status, error = client.post(b'{"context": {}, "candidates": "x"}')
+            assert status == 422 and json.loads(error)["error"]["field"] == "candidates"
+        finally:
+            client.close()
