@@ -224,30 +224,31 @@ class Client:
 
     def post(self, body: bytes) -> tuple[int, bytes]:
         """(status, body) of one POST."""
-        for retry in (False, True):
-            if self.sock is None:
-                self.sock = socket.create_connection(self.address, timeout=self.timeout)
-                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                self.sock.sendall(b"%s%d\r\n\r\n%s" % (self.head, len(body), body))
-                return self._answer()
-            except (_Closed, BrokenPipeError, ConnectionResetError):  # the server timed the idle connection out
-                self.close()
-                if retry:
-                    raise
-            except BaseException:
-                self.close()
-                raise
-        raise AssertionError("unreachable")
+        request = b"%s%d\r\n\r\n%s" % (self.head, len(body), body)
+        try:
+            return self._exchange(request)
+        except (_Closed, BrokenPipeError, ConnectionResetError):  # the server timed the idle connection out: once more
+            return self._exchange(request)
 
-    def _answer(self) -> tuple[int, bytes]:
-        assert self.sock is not None
+    def _exchange(self, request: bytes) -> tuple[int, bytes]:
+        if self.sock is None:
+            self.sock = socket.create_connection(self.address, timeout=self.timeout)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            self.sock.sendall(request)
+            return self._answer(self.sock)
+        except BaseException:
+            self.close()
+            raise
+
+    def _answer(self, sock: socket.socket) -> tuple[int, bytes]:
         buf = bytearray()
         while (end := buf.find(b"\r\n\r\n")) < 0:
-            chunk = self.sock.recv(1 << 16)
+            chunk = sock.recv(1 << 16)
             if not chunk:
                 if buf:
-                    raise ConnectionError("the server closed the connection in the middle of an answer's head")
+                    where = f"{self.address[0]}:{self.address[1]}"
+                    raise ConnectionError(f"{where} closed the connection in the middle of an answer's head")
                 raise _Closed()
             buf += chunk
         lines = bytes(buf[:end]).split(b"\r\n")
@@ -261,9 +262,9 @@ class Client:
                 close = value.strip().lower() == b"close"
         body = buf[end + 4 :]
         while len(body) < length:
-            chunk = self.sock.recv(max(1 << 16, length - len(body)))
+            chunk = sock.recv(max(1 << 16, length - len(body)))
             if not chunk:
-                raise ConnectionError("the server closed the connection in the middle of an answer")
+                raise ConnectionError(f"{self.address[0]}:{self.address[1]} closed the connection in the middle of an answer")
             body += chunk
         if close:
             self.close()
